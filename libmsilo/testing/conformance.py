@@ -1,0 +1,353 @@
+"""The driver conformance suite: every storage driver must pass all of it unchanged.
+
+Subclass :class:`DriverConformance` in a pytest module and provide a fixture named ``driver`` that
+yields a fresh, empty driver with ``create_schema()`` done (and cleans up afterwards)::
+
+    class TestMyDriver(DriverConformance):
+        @pytest.fixture
+        def driver(self):
+            d = open_driver("mine://...", StoreLayout(table=unique_table()))
+            d.create_schema()
+            yield d
+            d.drop_schema()
+            d.close()
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import fields
+
+from ..drivers.base import Driver, NewMessage, ReleaseResult, StoredMessage
+
+__all__ = ["DriverConformance", "make_message", "unique_table"]
+
+NOW = 1_700_000_000
+HOUR = 3600
+
+
+def unique_table(prefix: str = "silo_t") -> str:
+    """A table / collection / key-prefix name no other test uses."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def make_message(
+    user: str = "alice",
+    domain: str = "example.com",
+    body: bytes = b"hello",
+    *,
+    inc_time: int = NOW,
+    exp_time: int = NOW + HOUR,
+    snd_time: int = 0,
+    ctype: str = "text/plain",
+) -> NewMessage:
+    """A message for ``user@domain`` with test defaults."""
+    return NewMessage(
+        src_addr=f"sip:bob@{domain}",
+        dst_addr=f"sip:{user}@{domain}",
+        username=user,
+        domain=domain,
+        body=body,
+        ctype=ctype,
+        inc_time=inc_time,
+        exp_time=exp_time,
+        snd_time=snd_time,
+    )
+
+
+def _insert(driver: Driver, msg: NewMessage, max_messages: int = 0) -> int:
+    mid = driver.insert(msg, max_messages)
+    assert isinstance(mid, int), f"insert returned {mid!r}"
+    return mid
+
+
+def _same_message(stored: StoredMessage, msg: NewMessage) -> None:
+    for f in fields(NewMessage):
+        assert getattr(stored, f.name) == getattr(msg, f.name), f.name
+
+
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
+class DriverConformance:
+    """The shared contract tests (pytest collects the ``test_`` methods of subclasses)."""
+
+    # ---- insert / get -------------------------------------------------------------------------
+
+    def test_insert_returns_increasing_ids_and_get_round_trips(self, driver: Driver) -> None:
+        msgs = [make_message(body=f"m{i}".encode()) for i in range(3)]
+        mids = [_insert(driver, m) for m in msgs]
+        assert mids == sorted(mids) and len(set(mids)) == 3
+        for mid, msg in zip(mids, msgs, strict=True):
+            stored = driver.get(mid)
+            assert stored is not None
+            assert stored.mid == mid
+            _same_message(stored, msg)
+            assert stored.lease_token is None and stored.lease_until is None
+            assert stored.attempts == 0
+
+    def test_get_unknown_id_is_none(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        assert driver.get(mid + 1000) is None
+
+    def test_bodies_are_byte_exact(self, driver: Driver) -> None:
+        bodies = [bytes(range(256)), b"", b"\x00", b"\r\n\r\n", bytes(range(256)) * 256, b"\xff" * 3]
+        for body in bodies:
+            mid = _insert(driver, make_message(body=body))
+            stored = driver.get(mid)
+            assert stored is not None
+            assert stored.body == body
+            assert isinstance(stored.body, bytes)
+
+    def test_times_are_64_bit(self, driver: Driver) -> None:
+        msg = make_message(inc_time=2**33, exp_time=2**40, snd_time=2**34)
+        stored = driver.get(_insert(driver, msg))
+        assert stored is not None
+        _same_message(stored, msg)
+
+    def test_text_fields_round_trip(self, driver: Driver) -> None:
+        msg = NewMessage(
+            src_addr="sip:bj%C3%B8rn@example.com;transport=tcp",
+            dst_addr="sips:Zoë@example.com",
+            username="Zoë",
+            domain="example.com",
+            body="grüße".encode(),
+            ctype="text/plain; charset=UTF-8",
+            inc_time=NOW,
+            exp_time=NOW + HOUR,
+        )
+        stored = driver.get(_insert(driver, msg))
+        assert stored is not None
+        _same_message(stored, msg)
+
+    def test_create_schema_is_idempotent(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        driver.create_schema()
+        assert driver.get(mid) is not None
+
+    # ---- quota --------------------------------------------------------------------------------
+
+    def test_quota_refuses_at_limit(self, driver: Driver) -> None:
+        assert driver.insert(make_message(), 2) is not None
+        assert driver.insert(make_message(), 2) is not None
+        assert driver.insert(make_message(), 2) is None
+        assert driver.count("alice", "example.com", NOW) == 2
+        # another owner has a quota of its own; 0 means unlimited
+        assert driver.insert(make_message(user="carol"), 2) is not None
+        assert driver.insert(make_message(), 0) is not None
+
+    def test_quota_ignores_expired_rows_and_counts_reminders(self, driver: Driver) -> None:
+        _insert(driver, make_message(inc_time=NOW - 2 * HOUR, exp_time=NOW))  # expired at NOW
+        assert driver.insert(make_message(snd_time=NOW + 60), 2) is not None
+        assert driver.insert(make_message(), 2) is not None
+        assert driver.insert(make_message(), 2) is None
+
+    def test_quota_is_exact_under_threads(self, driver: Driver) -> None:
+        results: list[int | None] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            for _ in range(10):
+                mid = driver.insert(make_message(user="quota"), 25)
+                with lock:
+                    results.append(mid)
+
+        _run_threads(work, 6)
+        assert len([r for r in results if r is not None]) == 25
+        assert driver.count("quota", "example.com", NOW) == 25
+
+    # ---- claim --------------------------------------------------------------------------------
+
+    def test_claim_leases_owner_rows_in_id_order(self, driver: Driver) -> None:
+        mine = [_insert(driver, make_message(body=bytes([i]))) for i in range(4)]
+        _insert(driver, make_message(user="carol"))
+        _insert(driver, make_message(snd_time=NOW + 60))  # a reminder: never dumped
+        _insert(driver, make_message(inc_time=NOW - 2 * HOUR, exp_time=NOW))  # expired
+        token = _token()
+        got = driver.claim("alice", "example.com", NOW, NOW + 30, token)
+        assert [r.mid for r in got] == mine
+        assert all(r.lease_token == token and r.lease_until == NOW + 30 for r in got)
+        assert [r.body for r in got] == [bytes([i]) for i in range(4)]
+        stored = driver.get(mine[0])
+        assert stored is not None and stored.lease_token == token
+
+    def test_claim_limit(self, driver: Driver) -> None:
+        mids = [_insert(driver, make_message()) for _ in range(5)]
+        first = driver.claim("alice", "example.com", NOW, NOW + 30, _token(), limit=2)
+        second = driver.claim("alice", "example.com", NOW, NOW + 30, _token(), limit=2)
+        rest = driver.claim("alice", "example.com", NOW, NOW + 30, _token())
+        assert [r.mid for r in first + second + rest] == mids
+        assert (len(first), len(second), len(rest)) == (2, 2, 1)
+
+    def test_live_lease_blocks_expired_lease_frees(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        assert len(driver.claim("alice", "example.com", NOW, NOW + 30, _token())) == 1
+        assert driver.claim("alice", "example.com", NOW + 29, NOW + 59, _token()) == []
+        again = driver.claim("alice", "example.com", NOW + 30, NOW + 60, "t2")
+        assert [(r.mid, r.lease_token) for r in again] == [(mid, "t2")]
+
+    def test_claim_skips_rows_expiring_now(self, driver: Driver) -> None:
+        _insert(driver, make_message(exp_time=NOW + 10))
+        assert driver.claim("alice", "example.com", NOW + 10, NOW + 40, _token()) == []
+
+    def test_claim_is_exact_under_threads(self, driver: Driver) -> None:
+        mids = {_insert(driver, make_message(user=f"u{i % 3}")) for i in range(60)}
+        seen: list[int] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            token = _token()
+            for _ in range(200):
+                got: list[StoredMessage] = []
+                for user in ("u0", "u1", "u2"):
+                    got += driver.claim(user, "example.com", NOW, NOW + 300, token, limit=3)
+                if not got:
+                    return
+                with lock:
+                    seen.extend(r.mid for r in got)
+                for r in got:
+                    assert driver.delete(r.mid)
+
+        _run_threads(work, 4)
+        assert sorted(seen) == sorted(mids)
+
+    def test_owners_are_matched_exactly(self, driver: Driver) -> None:
+        hostile = ["'; DROP TABLE silo;--", "{x}", "$where", "*", "a:b", "%", "_", "Alice", "alice "]
+        for user in hostile:
+            _insert(driver, make_message(user=user, body=user.encode()))
+        _insert(driver, make_message(user="alice"))
+        _insert(driver, make_message(user="alice", domain="example.org"))
+        for user in hostile:
+            got = driver.claim(user, "example.com", NOW, NOW + 30, _token())
+            assert [r.body for r in got] == [user.encode()], user
+            assert driver.count(user, "example.com", NOW) == 1
+        assert driver.count("alice", "example.com", NOW) == 1
+
+    # ---- reminders ----------------------------------------------------------------------------
+
+    def test_claim_due_reminders(self, driver: Driver) -> None:
+        due = [
+            _insert(driver, make_message(user="r1", snd_time=NOW - 5)),
+            _insert(driver, make_message(user="r2", snd_time=NOW)),
+        ]
+        _insert(driver, make_message(user="r3", snd_time=NOW + 1))  # not yet
+        _insert(driver, make_message(user="r4"))  # not a reminder
+        _insert(driver, make_message(user="r5", snd_time=NOW - 5, exp_time=NOW))  # expired
+        token = _token()
+        got = driver.claim_due_reminders(NOW, NOW + 30, token)
+        assert [r.mid for r in got] == due
+        assert all(r.lease_token == token for r in got)
+        assert driver.claim_due_reminders(NOW, NOW + 30, _token()) == []
+        later = driver.claim_due_reminders(NOW + 30, NOW + 60, _token(), limit=1)
+        assert [r.mid for r in later] == due[:1]
+
+    # ---- delete / release ---------------------------------------------------------------------
+
+    def test_delete(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        assert driver.delete(mid) is True
+        assert driver.get(mid) is None
+        assert driver.delete(mid) is False
+
+    def test_release_with_token(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        driver.claim("alice", "example.com", NOW, NOW + 30, "tok")
+        assert driver.release(mid, "other") is ReleaseResult.NOT_FOUND
+        stored = driver.get(mid)
+        assert stored is not None and stored.lease_token == "tok" and stored.attempts == 0
+        assert driver.release(mid, "tok") is ReleaseResult.RELEASED
+        stored = driver.get(mid)
+        assert stored is not None
+        assert (stored.lease_token, stored.lease_until, stored.attempts) == (None, None, 1)
+        assert driver.release(mid, "tok") is ReleaseResult.NOT_FOUND  # nothing leased any more
+        got = driver.claim("alice", "example.com", NOW, NOW + 30, "tok2")
+        assert [r.mid for r in got] == [mid] and got[0].attempts == 1
+
+    def test_release_without_token_and_unknown(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        assert driver.release(mid, None) is ReleaseResult.NOT_FOUND  # not leased
+        driver.claim("alice", "example.com", NOW, NOW + 30, "tok")
+        assert driver.release(mid, None) is ReleaseResult.RELEASED
+        assert driver.release(mid + 1000, None) is ReleaseResult.NOT_FOUND
+
+    def test_release_turns_reminder_into_offline_message(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message(snd_time=NOW - 1))
+        driver.claim_due_reminders(NOW, NOW + 30, "tok")
+        assert driver.release(mid, "tok", to_offline=True) is ReleaseResult.RELEASED
+        stored = driver.get(mid)
+        assert stored is not None and stored.snd_time == 0
+        assert [r.mid for r in driver.claim("alice", "example.com", NOW, NOW + 30, "t")] == [mid]
+
+    def test_release_drops_after_max_attempts(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        for attempt in range(1, 3):
+            driver.claim("alice", "example.com", NOW, NOW + 30, f"t{attempt}")
+            assert driver.release(mid, f"t{attempt}", max_attempts=3) is ReleaseResult.RELEASED
+        driver.claim("alice", "example.com", NOW, NOW + 30, "t3")
+        assert driver.release(mid, "t3", max_attempts=3) is ReleaseResult.DROPPED
+        assert driver.get(mid) is None
+
+    # ---- inbox and housekeeping ---------------------------------------------------------------
+
+    def test_count_and_list(self, driver: Driver) -> None:
+        mids = [_insert(driver, make_message(body=bytes([i]))) for i in range(3)]
+        reminder = _insert(driver, make_message(snd_time=NOW + 100))
+        _insert(driver, make_message(exp_time=NOW))  # expired
+        _insert(driver, make_message(user="carol"))
+        driver.claim("alice", "example.com", NOW, NOW + 30, "tok")
+        assert driver.count("alice", "example.com", NOW) == 4
+        listed = driver.list("alice", "example.com", NOW)
+        assert [r.mid for r in listed] == [*mids, reminder]
+        assert [r.mid for r in driver.list("alice", "example.com", NOW, limit=2)] == mids[:2]
+        assert driver.count("nobody", "example.com", NOW) == 0
+        assert driver.list("nobody", "example.com", NOW) == []
+
+    def test_list_does_not_lease(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        driver.list("alice", "example.com", NOW)
+        assert [r.mid for r in driver.claim("alice", "example.com", NOW, NOW + 5, "t")] == [mid]
+
+    def test_purge_owner(self, driver: Driver) -> None:
+        for _ in range(3):
+            _insert(driver, make_message())
+        _insert(driver, make_message(snd_time=NOW + 5))
+        other = _insert(driver, make_message(user="carol"))
+        assert driver.purge("alice", "example.com") == 4
+        assert driver.count("alice", "example.com", NOW) == 0
+        assert driver.get(other) is not None
+        assert driver.purge("alice", "example.com") == 0
+
+    def test_delete_expired(self, driver: Driver) -> None:
+        gone = [
+            _insert(driver, make_message(exp_time=NOW)),
+            _insert(driver, make_message(user="carol", exp_time=NOW - 100, snd_time=NOW - 200)),
+        ]
+        kept = _insert(driver, make_message(exp_time=NOW + 1))
+        assert driver.delete_expired(NOW) == 2
+        assert all(driver.get(m) is None for m in gone)
+        assert driver.get(kept) is not None
+        assert driver.delete_expired(NOW) == 0
+        # quota space is given back by expiry
+        assert driver.insert(make_message(user="carol", inc_time=NOW), 1) is not None
+
+
+def _run_threads(work: Callable[[], None], n: int) -> None:
+    errors: list[BaseException] = []
+
+    def wrapped() -> None:
+        try:
+            work()
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrapped) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "worker threads did not finish"
+    if errors:
+        raise errors[0]
