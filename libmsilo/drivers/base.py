@@ -167,4 +167,3 @@ class Driver(Protocol):
 
     def close(self) -> None:
         """Release connections; the driver is unusable afterwards."""
-

@@ -94,7 +94,14 @@ class DriverConformance:
         assert driver.get(mid + 1000) is None
 
     def test_bodies_are_byte_exact(self, driver: Driver) -> None:
-        bodies = [bytes(range(256)), b"", b"\x00", b"\r\n\r\n", bytes(range(256)) * 256, b"\xff" * 3]
+        bodies = [
+            bytes(range(256)),
+            b"",
+            b"\x00",
+            b"\r\n\r\n",
+            bytes(range(256)) * 256,
+            b"\xff" * 3,
+        ]
         for body in bodies:
             mid = _insert(driver, make_message(body=body))
             stored = driver.get(mid)
@@ -215,7 +222,17 @@ class DriverConformance:
         assert sorted(seen) == sorted(mids)
 
     def test_owners_are_matched_exactly(self, driver: Driver) -> None:
-        hostile = ["'; DROP TABLE silo;--", "{x}", "$where", "*", "a:b", "%", "_", "Alice", "alice "]
+        hostile = [
+            "'; DROP TABLE silo;--",
+            "{x}",
+            "$where",
+            "*",
+            "a:b",
+            "%",
+            "_",
+            "Alice",
+            "alice ",
+        ]
         for user in hostile:
             _insert(driver, make_message(user=user, body=user.encode()))
         _insert(driver, make_message(user="alice"))

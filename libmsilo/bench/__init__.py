@@ -1,0 +1,42 @@
+"""``msilo bench``: libmsilo against hand-written baselines on the same backends, in one run.
+
+    report = run_bench(BenchConfig(urls=("sqlite:///bench.db",)))
+    report.write_json("bench.json"); write_png(report, "bench.png")
+
+The baselines (:mod:`.raw_sql`, :mod:`.raw_redis`, :mod:`.raw_mongo`) use the bare clients
+(sqlite3, psycopg, PyMySQL, redis-py, pymongo/mongomock) on tables with libmsilo's own DDL.
+"""
+
+from __future__ import annotations
+
+from .report import BenchReport, machine_info, write_png
+from .runner import (
+    BackendResult,
+    BenchConfig,
+    BenchError,
+    Measurement,
+    Progress,
+    run_backend,
+    total_steps,
+)
+
+__all__ = [
+    "BackendResult",
+    "BenchConfig",
+    "BenchError",
+    "BenchReport",
+    "Measurement",
+    "Progress",
+    "machine_info",
+    "run_bench",
+    "total_steps",
+    "write_png",
+]
+
+
+def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchReport:
+    """Measure every backend of ``config`` in turn; ``progress`` is called once per step."""
+    report = BenchReport(config)
+    for url in config.urls:
+        report.backends.append(run_backend(url, config, progress or (lambda _: None)))
+    return report

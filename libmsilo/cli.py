@@ -1,0 +1,539 @@
+"""The ``msilo`` command: look into and manage a message store, run the demo and the benchmark.
+
+Every command takes ``--db-url`` (default ``MSILO_DB_URL``, else ``sqlite:///msilo.db``) and the
+settings options ``--table``, ``--profile`` and ``--timezone``. A libmsilo error ends the command
+with exit status 1 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import cli_bench
+from .errors import MsiloError
+from .message import OutgoingMessage, SipRequest
+from .settings import MsiloSettings
+from .silo import Silo
+
+__all__ = ["app", "main"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(
+    name="msilo",
+    help="Offline SIP message store (the msilo module as a library): inspect, manage, demo.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# ---- common options ----------------------------------------------------------------------------
+
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--db-url", help="Store URL (default: MSILO_DB_URL, else sqlite:///msilo.db).", show_default=False
+    ),
+]
+TableOpt = Annotated[str | None, typer.Option("--table", help="Table / collection / key prefix.")]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="libmsilo, opensips or kamailio (column presets).")
+]
+ZoneOpt = Annotated[str | None, typer.Option("--timezone", help="IANA zone for times shown.")]
+
+
+class CliError(MsiloError):
+    """A command cannot do what was asked (unknown id, bad option combination)."""
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"msilo: error: {' '.join(message.split())}", err=True)
+    return typer.Exit(code)
+
+
+def _errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn a libmsilo (or file) error into one line on stderr and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except CliError as exc:
+            raise _fail(str(exc), 2 if isinstance(exc, UsageError) else 1) from None
+        except MsiloError as exc:
+            raise _fail(f"{type(exc).__name__}: {exc}") from None
+        except OSError as exc:
+            raise _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+    return wrapper
+
+
+class UsageError(CliError):
+    """Options that do not fit together (exit status 2, like other usage errors)."""
+
+
+def _settings(
+    db_url: str | None,
+    table: str | None = None,
+    profile: str | None = None,
+    timezone: str | None = None,
+    **extra: Any,
+) -> MsiloSettings:
+    """Settings from the environment, overridden by the options that were given."""
+    given = {"db_url": db_url, "db_table": table, "profile": profile, "timezone": timezone}
+    values = {k: v for k, v in given.items() if v is not None}
+    values.update(extra)
+    return MsiloSettings(**values)
+
+
+@contextmanager
+def _silo(settings: MsiloSettings, *, create: bool = False) -> Iterator[Silo]:
+    silo = Silo.from_settings(settings, create_schema=create)
+    try:
+        yield silo
+    finally:
+        silo.close()
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _when(epoch: int | None, zone: tzinfo) -> str:
+    if not epoch:
+        return "-"
+    try:
+        return datetime.fromtimestamp(epoch, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (OverflowError, OSError, ValueError):
+        return str(epoch)
+
+
+def _lease(token: str | None, until: int | None, zone: tzinfo, now: int) -> str:
+    if token is None:
+        return "-"
+    state = "live" if (until or 0) > now else "expired"
+    return f"{token[:8]} until {_when(until, zone)} ({state})"
+
+
+def _sip_text(msg: OutgoingMessage) -> str:
+    raw = msg.to_bytes(call_id=f"{uuid.uuid4().hex[:16]}@msilo", from_tag=uuid.uuid4().hex[:8])
+    return raw.decode("utf-8", "replace").replace("\r\n", "\n").rstrip("\n")
+
+
+# ---- schema ------------------------------------------------------------------------------------
+
+
+@app.command()
+@_errors
+def init(
+    db_url: DbUrl = None,
+    table: TableOpt = None,
+    profile: ProfileOpt = None,
+    timezone: ZoneOpt = None,
+    drop: Annotated[bool, typer.Option("--drop", help="Drop the table (all rows!) first.")] = False,
+) -> None:
+    """Create the table (collection, scripts) and its indexes."""
+    settings = _settings(db_url, table, profile, timezone)
+    with _silo(settings) as silo:
+        if drop:
+            silo.driver.drop_schema()
+        silo.driver.create_schema()
+    what = "dropped and created" if drop else "created"
+    _console().print(f"{what}: table {settings.db_table!r} at {cli_bench.redact(settings.db_url)}")
+
+
+@app.command()
+@_errors
+def migrate(
+    db_url: DbUrl = None,
+    table: TableOpt = None,
+    profile: ProfileOpt = None,
+    timezone: ZoneOpt = None,
+) -> None:
+    """Add libmsilo's lease columns to an OpenSIPS or Kamailio silo table, keeping its rows."""
+    settings = _settings(db_url, table, profile, timezone)
+    with _silo(settings) as silo:
+        silo.driver.migrate()
+    _console().print(
+        f"migrated: table {settings.db_table!r} (id column {settings.sc_mid!r}) "
+        f"at {cli_bench.redact(settings.db_url)}"
+    )
+
+
+# ---- inbox -------------------------------------------------------------------------------------
+
+
+@app.command()
+@_errors
+def inbox(
+    aor: Annotated[str, typer.Argument(help="Owner, e.g. sip:alice@example.com")],
+    db_url: DbUrl = None,
+    table: TableOpt = None,
+    profile: ProfileOpt = None,
+    timezone: ZoneOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show.")] = 50,
+) -> None:
+    """List the unexpired messages stored for AOR."""
+    settings = _settings(db_url, table, profile, timezone)
+    zone, now = settings.zone, int(time.time())
+    with _silo(settings) as silo:
+        total = silo.count(aor)
+        rows = silo.list(aor, limit)
+    out = Table(title=f"{aor}: {total} message{'s' if total != 1 else ''}")
+    for name in ("mid", "from", "to", "ctype", "size", "received", "expires", "send at", "lease"):
+        out.add_column(name, justify="right" if name in ("mid", "size") else "left")
+    for r in rows:
+        out.add_row(
+            str(r.mid),
+            r.src_addr,
+            r.dst_addr,
+            r.ctype,
+            str(len(r.body)),
+            _when(r.inc_time, zone),
+            _when(r.exp_time, zone),
+            _when(r.snd_time, zone),
+            _lease(r.lease_token, r.lease_until, zone, now),
+        )
+    console = _console()
+    console.print(out)
+    if total > len(rows):
+        console.print(f"({total - len(rows)} more not shown; use --limit)")
+
+
+@app.command()
+@_errors
+def show(
+    mid: Annotated[int, typer.Argument(help="Message id")],
+    db_url: DbUrl = None,
+    table: TableOpt = None,
+    profile: ProfileOpt = None,
+    timezone: ZoneOpt = None,
+) -> None:
+    """Show every field of one stored message."""
+    settings = _settings(db_url, table, profile, timezone)
+    zone, now = settings.zone, int(time.time())
+    with _silo(settings) as silo:
+        row = silo.get(mid)
+    if row is None:
+        raise CliError(f"no message with mid {mid}")
+    try:
+        body, encoding = row.body.decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        body, encoding = row.body.hex(), "hex"
+    status = "expired" if row.exp_time <= now else "reminder" if row.snd_time else "waiting"
+    out = Table(title=f"message {mid}", show_header=False)
+    out.add_column("field", style="bold")
+    out.add_column("value", overflow="fold")
+    fields: list[tuple[str, str]] = [
+        ("mid", str(row.mid)),
+        ("status", status),
+        ("from (src_addr)", row.src_addr),
+        ("to (dst_addr)", row.dst_addr),
+        ("owner", f"{row.username}@{row.domain}"),
+        ("content type", row.ctype),
+        ("received (inc_time)", f"{_when(row.inc_time, zone)}  [{row.inc_time}]"),
+        ("expires (exp_time)", f"{_when(row.exp_time, zone)}  [{row.exp_time}]"),
+        ("send at (snd_time)", f"{_when(row.snd_time, zone)}  [{row.snd_time}]"),
+        ("lease", _lease(row.lease_token, row.lease_until, zone, now)),
+        ("attempts", str(row.attempts)),
+        ("size", f"{len(row.body)} bytes"),
+        (f"body ({encoding})", body),
+    ]
+    for name, value in fields:
+        out.add_row(name, value)
+    _console().print(out)
+
+
+@app.command()
+@_errors
+def delete(
+    mid: Annotated[int, typer.Argument(help="Message id")],
+    db_url: DbUrl = None,
+    table: TableOpt = None,
+    profile: ProfileOpt = None,
+    timezone: ZoneOpt = None,
+) -> None:
+    """Delete one stored message."""
+    with _silo(_settings(db_url, table, profile, timezone)) as silo:
+        if not silo.delete(mid):
+            raise CliError(f"no message with mid {mid}")
+    _console().print(f"deleted message {mid}")
+
+
+@app.command()
+@_errors
+def purge(
+    aor: Annotated[str | None, typer.Argument(help="Owner whose messages to delete")] = None,
+    expired: Annotated[bool, typer.Option("--expired", help="Delete expired rows instead.")] = False,
+    db_url: DbUrl = None,
+    table: TableOpt = None,
+    profile: ProfileOpt = None,
+    timezone: ZoneOpt = None,
+) -> None:
+    """Delete every message of AOR, or (--expired) every expired message."""
+    if (aor is None) == (not expired):
+        raise UsageError("give either an AOR or --expired (exactly one)")
+    with _silo(_settings(db_url, table, profile, timezone)) as silo:
+        count = silo.purge_expired() if expired else silo.purge(aor or "")
+    what = "expired messages" if expired else f"messages of {aor}"
+    _console().print(f"deleted {count} {what}")
+
+
+@app.command()
+@_errors
+def stats(
+    aor: Annotated[str | None, typer.Argument(help="Owner to count messages for")] = None,
+    db_url: DbUrl = None,
+    table: TableOpt = None,
+    profile: ProfileOpt = None,
+    timezone: ZoneOpt = None,
+) -> None:
+    """What the store can tell: an owner's waiting, reminder and in-delivery messages.
+
+    The delivery counters (stored, dumped, failed) live in the host process (``Silo.stats``);
+    a store keeps no global count, so without AOR only that is said.
+    """
+    settings = _settings(db_url, table, profile, timezone)
+    console = _console()
+    if aor is None:
+        with _silo(settings):
+            pass  # still report an unreachable store
+        console.print(
+            f"store {cli_bench.redact(settings.db_url)}, table {settings.db_table!r}: reachable.\n"
+            "The store keeps no global counters: delivery statistics are counted per process "
+            "by the host (Silo.stats). Give an AOR for its inbox counts."
+        )
+        return
+    zone, now = settings.zone, int(time.time())
+    with _silo(settings) as silo:
+        total = silo.count(aor)
+        rows = silo.list(aor, 0)
+    reminders = [r for r in rows if r.snd_time > 0]
+    leased = [r for r in rows if r.lease_token is not None and (r.lease_until or 0) > now]
+    out = Table(title=f"{aor}", show_header=False)
+    out.add_column("what", style="bold")
+    out.add_column("value", justify="right")
+    out.add_row("unexpired messages", str(total))
+    out.add_row("offline messages", str(len(rows) - len(reminders)))
+    out.add_row("reminders pending", str(len(reminders)))
+    out.add_row("in delivery (leased)", str(len(leased)))
+    if rows:
+        out.add_row("oldest received", _when(min(r.inc_time for r in rows), zone))
+        out.add_row("next expiry", _when(min(r.exp_time for r in rows), zone))
+    console.print(out)
+
+
+# ---- store and config --------------------------------------------------------------------------
+
+
+@app.command()
+@_errors
+def store(
+    from_uri: Annotated[str, typer.Option("--from", help="Sender URI")],
+    to_uri: Annotated[str, typer.Option("--to", help="Recipient URI (the owner)")],
+    body: Annotated[str, typer.Option("--body", help="Message text")],
+    ctype: Annotated[str, typer.Option("--ctype", help="Content-Type")] = "text/plain",
+    send_at: Annotated[
+        str | None, typer.Option("--send-at", help="Make it a reminder: YYYYMMDDHHMMSS")
+    ] = None,
+    db_url: DbUrl = None,
+    table: TableOpt = None,
+    profile: ProfileOpt = None,
+    timezone: ZoneOpt = None,
+) -> None:
+    """Store a MESSAGE from --from to --to, as m_store would."""
+    settings = _settings(db_url, table, profile, timezone)
+    request = SipRequest(
+        "MESSAGE",
+        to_uri,
+        [
+            ("From", f"<{from_uri}>;tag={uuid.uuid4().hex[:8]}"),
+            ("To", f"<{to_uri}>"),
+            ("Call-ID", f"{uuid.uuid4().hex}@msilo-cli"),
+            ("CSeq", "1 MESSAGE"),
+            ("Content-Type", ctype),
+        ],
+        body.encode("utf-8"),
+    )
+    console = _console()
+    with _silo(settings, create=True) as silo:
+        result = silo.store(request, send_at=send_at)
+    if not result.stored:
+        raise CliError(f"not stored: {result.status.value.replace('_', ' ')}")
+    kind = "reminder" if send_at else "message"
+    console.print(f"stored {kind} as mid {result.mid}")
+    if result.notice is not None:
+        console.rule("offline notice to send")
+        console.print(_sip_text(result.notice), markup=False, soft_wrap=True)
+
+
+@app.command()
+@_errors
+def config(
+    opensips: Annotated[
+        Path | None, typer.Option("--opensips", help="opensips.cfg to read modparams from")
+    ] = None,
+    kamailio: Annotated[
+        Path | None, typer.Option("--kamailio", help="kamailio.cfg to read modparams from")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show the settings a server config's modparam("msilo", ...) lines give."""
+    if (opensips is None) == (kamailio is None):
+        raise UsageError("give exactly one of --opensips FILE or --kamailio FILE")
+    if opensips is not None:
+        settings = MsiloSettings.from_opensips_cfg(opensips.read_text(encoding="utf-8"))
+    else:
+        assert kamailio is not None
+        settings = MsiloSettings.from_kamailio_cfg(kamailio.read_text(encoding="utf-8"))
+    values = settings.model_dump(mode="json")
+    if as_json:
+        typer.echo(json.dumps(values, indent=2))
+        return
+    out = Table(title=f"msilo settings from {opensips or kamailio}")
+    out.add_column("setting", style="bold")
+    out.add_column("value", overflow="fold")
+    for name, value in values.items():
+        out.add_row(name, "-" if value is None else str(value))
+    _console().print(out)
+
+
+# ---- demo --------------------------------------------------------------------------------------
+
+_DEMO_MESSAGE = (
+    "MESSAGE sip:alice@example.com SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bK776sgdkse{n}\r\n"
+    "Max-Forwards: 70\r\n"
+    'From: "Bob" <sip:bob@example.org>;tag=49583{n}\r\n'
+    "To: <sip:alice@example.com>\r\n"
+    "Call-ID: asd88asd77a{n}@192.0.2.4\r\n"
+    "CSeq: 1 MESSAGE\r\n"
+    "Contact: <sip:bob@192.0.2.4:5060>\r\n"
+    "Content-Type: text/plain\r\n"
+    "Content-Length: {length}\r\n"
+    "\r\n"
+    "{body}"
+)
+_DEMO_REGISTER = (
+    b"REGISTER sip:example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKnashds7\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"From: <sip:alice@example.com>;tag=456248\r\n"
+    b"To: <sip:alice@example.com>\r\n"
+    b"Call-ID: 843817637684230@998sdasdh09\r\n"
+    b"CSeq: 1826 REGISTER\r\n"
+    b"Contact: <sip:alice@192.0.2.7:5060>\r\n"
+    b"Expires: 3600\r\n"
+    b"Content-Length: 0\r\n"
+    b"\r\n"
+)
+
+
+def _demo_request(n: int, body: str) -> SipRequest:
+    data = body.encode("utf-8")
+    raw = _DEMO_MESSAGE.format(n=n, length=len(data), body=body)
+    return SipRequest.parse(raw.encode("utf-8"))
+
+
+@app.command()
+@_errors
+def demo(
+    db_url: Annotated[
+        str | None,
+        typer.Option(
+            "--db-url", help="Store URL (default: a temporary SQLite file, removed afterwards)."
+        ),
+    ] = None,
+    timezone: ZoneOpt = None,
+) -> None:
+    """Play a short offline-message scenario: bob writes to alice, who is offline, then registers."""
+    with tempfile.TemporaryDirectory(prefix="msilo-demo-") as tmp:
+        url = db_url or f"sqlite:///{Path(tmp) / 'demo.db'}"
+        # A table of its own, dropped at the end, so a given --db-url is left as it was.
+        table = f"msilo_demo_{uuid.uuid4().hex[:8]}"
+        settings = MsiloSettings(
+            db_url=url,
+            db_table=table,
+            profile="libmsilo",
+            timezone=timezone or "UTC",
+            from_address="sip:registrar@example.com",
+            contact_hdr="Contact: <sip:registrar@example.com>",
+            offline_message="$tU is offline; your message will be delivered when $tU registers.",
+            content_type_hdr="Content-Type: text/plain",
+            reminder="sip:reminder@example.com",
+            send_time=1,
+            max_messages=0,
+        )
+        with _silo(settings, create=True) as silo:
+            try:
+                _play(silo, settings, _console(), db_url is None)
+            finally:
+                silo.driver.drop_schema()
+
+
+def _play(silo: Silo, settings: MsiloSettings, console: Console, temporary: bool) -> None:
+    where = "a temporary SQLite file" if temporary else cli_bench.redact(settings.db_url)
+    console.rule(f"libmsilo demo (store: {where})")
+    console.print("1. bob sends alice a MESSAGE while she is offline; m_store keeps it")
+    first = silo.store(_demo_request(1, "Hi Alice, are you there?"))
+    console.print(f"   stored as mid {first.mid}; the offline notice bob gets back:")
+    if first.notice is not None:
+        console.print(_sip_text(first.notice), markup=False, soft_wrap=True)
+    second = silo.store(_demo_request(2, "Call me when you are back."))
+    console.print(f"2. a second MESSAGE: stored as mid {second.mid}")
+    reminder = silo.store(
+        _demo_request(3, "Reminder: team meeting at 15:00."),
+        notify=False,
+        send_at=int(time.time()) - 5,
+    )
+    console.print(f"3. a reminder for alice, due 5 s ago: stored as mid {reminder.mid}")
+    console.print(f"   alice's inbox now holds {silo.count('sip:alice@example.com')} messages")
+
+    console.print("4. alice REGISTERs; m_dump hands back the MESSAGEs to send:")
+    for msg in silo.dump(SipRequest.parse(_DEMO_REGISTER)):
+        console.rule(f"MESSAGE for stored mid {msg.mid}", style="dim")
+        console.print(_sip_text(msg), markup=False, soft_wrap=True)
+        outcome = silo.on_reply(msg.mid or 0, 200)
+        console.print(f"   <- 200 OK: {outcome.value}")
+
+    console.print("5. the timer ticks; the due reminder goes out:")
+    for msg in silo.tick():
+        console.rule(f"reminder MESSAGE for stored mid {msg.mid}", style="dim")
+        console.print(_sip_text(msg), markup=False, soft_wrap=True)
+        outcome = silo.on_reply(msg.mid or 0, 200)
+        console.print(f"   <- 200 OK: {outcome.value}")
+
+    left = silo.count("sip:alice@example.com")
+    console.print(f"6. alice's inbox is {'empty' if left == 0 else f'holding {left}'}")
+    out = Table(title="statistics (Silo.stats)")
+    out.add_column("counter")
+    out.add_column("value", justify="right")
+    counters = silo.stats
+    for f in dataclasses.fields(counters):
+        out.add_row(f.name, str(getattr(counters, f.name)))
+    console.print(out)
+
+
+# ---- bench -------------------------------------------------------------------------------------
+
+app.command("bench")(_errors(cli_bench.bench))
+
+
+def main() -> None:
+    """Entry point of the ``msilo`` console script."""
+    app()

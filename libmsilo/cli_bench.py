@@ -1,0 +1,124 @@
+"""``msilo bench``: the storage benchmark with a progress bar, result tables, JSON and a chart."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .bench import BenchConfig, BenchReport, run_bench, total_steps, write_png
+from .bench.runner import redact
+
+__all__ = ["bench", "redact", "results_tables"]
+
+
+def _fmt_rate(value: float) -> str:
+    return f"{value:,.0f}" if value < 1e12 else "-"
+
+
+def results_tables(report: BenchReport) -> list[Table]:
+    """The ratio table (every measurement) and the scaling table (per-message times)."""
+    ratios = Table(title="libmsilo vs raw driver (median of rounds; ratio = libmsilo / raw time)")
+    for name in ("backend", "op", "table rows", "msgs", "libmsilo /s", "raw /s", "ratio", "goal"):
+        ratios.add_column(name, justify="left" if name in ("backend", "op") else "right")
+    scaling = Table(title="scaling: libmsilo µs per message by table size (other owners' rows)")
+    scaling.add_column("backend")
+    scaling.add_column("op")
+    sizes = sorted(set(report.config.scales))
+    for size in sizes:
+        scaling.add_column(f"{size:,} rows", justify="right")
+    for b in report.backends:
+        label = f"{b.backend} ({b.client})" + (" *fake*" if b.note else "")
+        for m in b.measurements:
+            goal = b.goal if m.op in ("store", "dump") else None
+            verdict = ""
+            if goal is not None:
+                verdict = f"≤{goal} " + ("ok" if m.ratio <= goal else "MISSED")
+            ratios.add_row(
+                label,
+                m.op,
+                f"{m.table_rows:,}" if m.op != "store" else "-",
+                f"{m.items:,}",
+                _fmt_rate(m.rate(m.lib_median)),
+                _fmt_rate(m.rate(m.raw_median)),
+                f"{m.ratio:.2f}",
+                verdict,
+            )
+        for op in ("dump", "sweep", "purge"):
+            per = {m.table_rows: m.lib_median / max(1, m.items) * 1e6 for m in b.measurements if m.op == op}
+            if per:
+                scaling.add_row(label, op, *(f"{per[s]:.1f}" if s in per else "-" for s in sizes))
+    return [ratios, scaling]
+
+
+def bench(
+    db_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--db-url",
+            help="Backend to measure (repeatable; default: a temporary SQLite file).",
+            show_default=False,
+        ),
+    ] = None,
+    messages: Annotated[int, typer.Option("--messages", min=1, help="Stores per round.")] = 2000,
+    owners: Annotated[int, typer.Option("--owners", min=1, help="Owners the stores go to.")] = 100,
+    queued: Annotated[
+        int, typer.Option("--queued", min=1, help="Messages queued for the dumped owner.")
+    ] = 1000,
+    reminders: Annotated[
+        int, typer.Option("--reminders", min=0, help="Due reminders per sweep.")
+    ] = 1000,
+    scale: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--scale",
+            min=0,
+            help="Other owners' rows in the table (repeatable; default 10000; try 1000000).",
+            show_default=False,
+        ),
+    ] = None,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Rounds per side.")] = 3,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart PNG.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+) -> None:
+    """Measure libmsilo against hand-written code on the bare database clients."""
+    console = Console(highlight=False)
+    with tempfile.TemporaryDirectory(prefix="msilo-bench-") as tmp:
+        urls = tuple(db_url or [f"sqlite:///{Path(tmp) / 'bench.db'}"])
+        config = BenchConfig(
+            urls=urls,
+            messages=messages,
+            owners=owners,
+            queued=queued,
+            reminders=reminders,
+            scales=tuple(scale or [10_000]),
+            repeat=repeat,
+        )
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("starting", total=total_steps(config))
+
+            def step(what: str) -> None:
+                progress.update(task, advance=1, description=what)
+
+            report = run_bench(config, step)
+    for table in results_tables(report):
+        console.print(table)
+    if any(b.note for b in report.backends):
+        console.print("*fake*: " + "; ".join(sorted({b.note for b in report.backends if b.note})))
+    if json_out is not None:
+        report.write_json(json_out)
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        write_png(report, plot)
+        console.print(f"wrote {plot}")

@@ -1,0 +1,710 @@
+"""MongoDB storage driver (pymongo); ``mongomock://`` runs it in-process for tests.
+
+Documents
+    One collection named ``layout.table``. ``_id`` is the message id (the ``layout.mid`` column);
+    every other column is a field named by the layout. Bodies are BSON binary (byte-exact, ``b""``
+    included), times int64. Two bookkeeping fields: ``exp_at``, a date copy of ``exp_time`` for
+    the TTL index, and ``uncounted``, set on rows taken out of the owner's quota counter because
+    they had expired. ``<table>_counters`` holds the id sequence, ``<table>_owners`` one quota
+    counter per owner (``_id`` = ``{username, domain}``).
+
+Operations, and why each is atomic on a real server (MongoDB 6+)
+    MongoDB applies every single-document write atomically, and ``findAndModify`` re-checks its
+    filter when two writers race for the same document, so a document matched by two of them is
+    modified by one only. Nothing else (no transactions, no server-side JavaScript) is used.
+
+    - ids: ``findAndModify`` ``$inc`` (upsert, return the new value) on one sequence document:
+      unique int64 ids, increasing in allocation order.
+    - quota: ``findAndModify`` on the owner's counter with the filter ``count < max`` and ``$inc``
+      reserves a slot before ``insertOne``; concurrent stores can never take more than ``max``.
+    - ``claim``: a loop of ``findAndModify`` (owner, ``snd_time`` 0, unexpired, lease free or
+      expired, ``_id`` above the previous one; sort ``_id``) each leasing one row.
+    - ``claim_due_reminders``: a ``find`` for candidates across owners, then per candidate a
+      ``findAndModify`` whose filter repeats every condition plus ``_id`` and the owner
+      (compare-and-set), so a row leased meanwhile is skipped.
+    - ``release``: ``updateOne`` / ``deleteOne`` filtered on the lease token and attempt count
+      just read (compare-and-set; retried a few times when they changed).
+    - deletions (``delete``, ``purge``, ``delete_expired``, a dropped ``release``):
+      ``deleteOne`` / ``deleteMany`` (each row is deleted once, ``deletedCount`` is exact), then
+      a conditional ``$inc`` gives the slots back to the owner's counter.
+    - reads: ``find`` / ``findOne`` / ``countDocuments``; indexes: ``createIndexes``.
+    Every filter on rows of one owner carries ``username`` and ``domain``, so the collection can
+    be sharded on them; every ``findAndModify`` on it has the owner in its filter.
+
+Quota counter and crashes
+    The owner's ``count`` is kept >= the rows it covers: it goes up before a row is inserted
+    and down after rows are deleted, so a crash between the two steps leaves it too high (a
+    leaked slot), never too low. A leak heals itself: when the conditional ``$inc`` fails, the
+    owner's rows that had expired by the new message's ``inc_time`` are first taken out of the
+    counter (marked ``uncounted``, so ``get`` and ``delete_expired`` still see them), and then, if
+    the owner's last reservation is older than ``quota_grace`` seconds, the counter is re-synced
+    to a recount of its rows. The grace period is the price of exactness: a reservation whose
+    insert has not landed yet is indistinguishable from a crashed one, so a leaked slot stays
+    blocked for up to ``quota_grace`` (default ``max(60, 10 * timeout)`` s; it must exceed the
+    time between reserving and inserting plus the clock skew between hosts). A re-sync is only
+    written when no reservation happened since it read the counter (``version``), and it
+    replaces the counter's ``epoch``: a deletion gives slots back only under the epoch it read
+    before deleting, so a deletion the recount already saw is not subtracted twice. "Expired"
+    is judged by each store's ``inc_time``, so hosts storing for one owner need agreeing clocks.
+
+TTL backstop
+    ``exp_at`` has a TTL index (``expireAfterSeconds=ttl_delay``, default one day) so rows are
+    removed even when ``delete_expired`` never runs; reads always filter on ``exp_time > now``.
+    The delay keeps the backstop behind the ordinary purge, which also gives the quota slots
+    back (a TTL deletion cannot; its slots come back through the re-sync). ``ttl_delay=None``
+    creates no TTL index. Times beyond the datetime range get no ``exp_at``.
+
+``migrate()`` is a no-op: documents are schemaless; missing lease fields read as unleased.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
+from urllib.parse import parse_qsl, urlsplit
+
+from bson.binary import Binary
+from bson.errors import BSONError
+from bson.int64 import Int64
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import (
+    ConfigurationError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    InvalidName,
+    OperationFailure,
+    PyMongoError,
+)
+
+from ..errors import SettingsError, StorageError, StorageUnavailable
+from . import DriverOptions
+from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+
+__all__ = ["DEFAULT_TTL_DELAY", "MongoDriver", "open_mongo", "open_mongomock"]
+
+log = logging.getLogger("libmsilo")
+
+#: Seconds the TTL index waits after ``exp_time`` before the server removes a row.
+DEFAULT_TTL_DELAY = 86_400
+
+DEFAULT_DATABASE = "msilo"
+
+Doc = dict[str, Any]
+
+_EXP_AT = "exp_at"
+_UNCOUNTED = "uncounted"
+# owner counter fields
+_COUNT = "count"
+_VERSION = "version"
+_EPOCH = "epoch"
+_RESERVED_AT = "reserved_at"
+_SEQUENCE_ID = "mid"
+
+_RESERVE_TRIES = 8  # each failed try made progress or lost a race; give up (refuse) after these
+_RELEASE_TRIES = 4
+_INSERT_TRIES = 3
+_BATCH = 500
+_INVALID_DB_CHARS = frozenset('/\\. "$\x00')
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _storage_step(method: Callable[P, R]) -> Callable[P, R]:
+    """Wrap pymongo and BSON errors into the libmsilo hierarchy (original as ``__cause__``)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except ConnectionFailure as exc:  # includes AutoReconnect, ServerSelectionTimeoutError
+            raise StorageUnavailable(f"MongoDB unreachable: {exc}") from exc
+        except (PyMongoError, BSONError) as exc:
+            raise StorageError(f"MongoDB error: {exc}") from exc
+
+    return wrapper
+
+
+def _as_date(epoch: int) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None  # outside the datetime range: the TTL backstop ignores the row
+
+
+def _int64(name: str, value: int) -> Int64:
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{name} {value} does not fit in 64 bits")
+    return Int64(value)
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+def _text(name: str, value: object) -> str:
+    # A dict here would become a query operator; only plain strings are matched.
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+class MongoDriver:
+    """The :class:`~libmsilo.drivers.base.Driver` on one MongoDB database."""
+
+    def __init__(
+        self,
+        database: Database[Doc],
+        layout: StoreLayout | None = None,
+        *,
+        client: _Closeable | None = None,
+        timeout: float = 5.0,
+        ttl_delay: int | None = DEFAULT_TTL_DELAY,
+        quota_grace: float | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Use ``database``; ``client`` (closed by :meth:`close`) is the client that owns it."""
+        self._layout = layout or StoreLayout()
+        columns = {getattr(self._layout, f.name) for f in fields(StoreLayout) if f.name != "table"}
+        clash = {_EXP_AT, _UNCOUNTED} & columns
+        if clash:
+            raise SettingsError(f"the MongoDB driver reserves the field names {sorted(clash)}")
+        self._db = database
+        self._client = client
+        self._ttl_delay = ttl_delay
+        self._grace = quota_grace if quota_grace is not None else max(60.0, 10 * timeout)
+        self._wall = wall_clock
+        self._closed = False
+        table = self._layout.table
+        self._names = (table, f"{table}_counters", f"{table}_owners")
+
+    @property
+    def database(self) -> Database[Doc]:
+        """The database holding ``<table>``, ``<table>_counters`` and ``<table>_owners``."""
+        return self._db
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def _database(self) -> Database[Doc]:
+        if self._closed:
+            raise StorageUnavailable("the MongoDB driver is closed")
+        return self._db
+
+    def _collection(self, index: int) -> Collection[Doc]:
+        return self._database[self._names[index]]
+
+    @property
+    def _rows(self) -> Collection[Doc]:
+        return self._collection(0)
+
+    @property
+    def _counters(self) -> Collection[Doc]:
+        return self._collection(1)
+
+    @property
+    def _owners(self) -> Collection[Doc]:
+        return self._collection(2)
+
+    def _owner(self, username: object, domain: object) -> Doc:
+        lay = self._layout
+        return {lay.username: _text("username", username), lay.domain: _text("domain", domain)}
+
+    def _owner_of(self, doc: Mapping[str, Any]) -> Doc:
+        lay = self._layout
+        return {lay.username: doc.get(lay.username), lay.domain: doc.get(lay.domain)}
+
+    def _lease_free(self, now: int) -> list[Doc]:
+        lay = self._layout
+        return [{lay.lease_token: None}, {lay.lease_until: None}, {lay.lease_until: {"$lte": now}}]
+
+    def _lease_set(self, token: str, lease_until: int) -> Doc:
+        lay = self._layout
+        return {"$set": {lay.lease_token: token, lay.lease_until: Int64(lease_until)}}
+
+    def _document(self, msg: NewMessage) -> Doc:
+        """The row without its ``_id``; checks the values before any quota slot is taken."""
+        lay = self._layout
+        doc: Doc = {
+            lay.src_addr: _text("src_addr", msg.src_addr),
+            lay.dst_addr: _text("dst_addr", msg.dst_addr),
+            **self._owner(msg.username, msg.domain),
+            lay.body: Binary(bytes(msg.body)),
+            lay.ctype: _text("ctype", msg.ctype),
+            lay.inc_time: _int64("inc_time", msg.inc_time),
+            lay.exp_time: _int64("exp_time", msg.exp_time),
+            lay.snd_time: _int64("snd_time", msg.snd_time),
+            lay.lease_token: None,
+            lay.lease_until: None,
+            lay.attempts: 0,
+        }
+        exp_at = _as_date(msg.exp_time)
+        if exp_at is not None:
+            doc[_EXP_AT] = exp_at
+        return doc
+
+    def _stored(self, doc: Mapping[str, Any]) -> StoredMessage:
+        lay = self._layout
+        try:
+            body = doc.get(lay.body) or b""
+            lease_until = doc.get(lay.lease_until)
+            return StoredMessage(
+                src_addr=str(doc[lay.src_addr]),
+                dst_addr=str(doc[lay.dst_addr]),
+                username=str(doc[lay.username]),
+                domain=str(doc[lay.domain]),
+                body=body.encode() if isinstance(body, str) else bytes(body),
+                ctype=str(doc[lay.ctype]),
+                inc_time=int(doc[lay.inc_time]),
+                exp_time=int(doc[lay.exp_time]),
+                snd_time=int(doc.get(lay.snd_time) or 0),
+                mid=int(doc["_id"]),
+                lease_token=doc.get(lay.lease_token),
+                lease_until=None if lease_until is None else int(lease_until),
+                attempts=int(doc.get(lay.attempts) or 0),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StorageError(f"malformed document {doc.get('_id')!r} in MongoDB") from exc
+
+    # ---- schema ---------------------------------------------------------------------------------
+
+    @_storage_step
+    def create_schema(self) -> None:
+        """Create the indexes (the collections appear with them) and seed the id sequence."""
+        lay, rows = self._layout, self._rows
+        rows.create_index([(lay.username, ASCENDING), (lay.domain, ASCENDING), ("_id", ASCENDING)])
+        rows.create_index([(lay.snd_time, ASCENDING)])
+        rows.create_index([(lay.exp_time, ASCENDING)])
+        self._ensure_ttl()
+        self._seed_sequence()
+
+    def _ensure_ttl(self) -> None:
+        rows, name = self._rows, f"{_EXP_AT}_1"
+        current = rows.index_information().get(name)
+        if current is not None and (
+            self._ttl_delay is None or current.get("expireAfterSeconds") != self._ttl_delay
+        ):
+            rows.drop_index(name)  # the server refuses to change an index's options in place
+        if self._ttl_delay is not None:
+            rows.create_index([(_EXP_AT, ASCENDING)], name=name, expireAfterSeconds=self._ttl_delay)
+
+    def _seed_sequence(self) -> None:
+        # $max keeps the sequence ahead of existing rows (e.g. when only the counters were lost).
+        top = self._rows.find_one({"_id": {"$gt": 0}}, {"_id": True}, sort=[("_id", DESCENDING)])
+        highest = int(top["_id"]) if top is not None else 0
+        self._counters.update_one(
+            {"_id": _SEQUENCE_ID}, {"$max": {"seq": Int64(highest)}}, upsert=True
+        )
+
+    @_storage_step
+    def drop_schema(self) -> None:
+        """Drop the message, sequence and owner collections."""
+        for name in self._names:
+            self._database.drop_collection(name)
+
+    def migrate(self) -> None:
+        """Nothing to migrate: documents are schemaless and missing lease fields read as unset."""
+
+    # ---- insert and quota ----------------------------------------------------------------------
+
+    @_storage_step
+    def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
+        """Store ``msg``; ``None`` when the owner holds ``max_messages`` unexpired rows."""
+        doc = self._document(msg)
+        owner = self._owner(msg.username, msg.domain)
+        epoch = self._reserve(owner, max_messages, msg.inc_time)
+        if epoch is None:
+            return None
+        try:
+            return self._insert_row(doc)
+        except (OperationFailure, BSONError):
+            # The server (or the encoder) refused the row, so nothing was stored: give the slot
+            # back. After a connection error the row may have landed; the slot then stays taken
+            # until the re-sync, never too low.
+            self._owners.update_one({"_id": owner, _EPOCH: epoch}, {"$inc": {_COUNT: -1}})
+            raise
+
+    def _next_mid(self) -> int:
+        for _ in range(2):
+            try:
+                seq = self._counters.find_one_and_update(
+                    {"_id": _SEQUENCE_ID},
+                    {"$inc": {"seq": Int64(1)}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                continue  # two first-ever upserts raced; the document exists now
+            if seq is not None:
+                return int(seq["seq"])
+        raise StorageError("could not allocate a message id")
+
+    def _insert_row(self, doc: Doc) -> int:
+        for attempt in range(_INSERT_TRIES):
+            mid = self._next_mid()
+            try:
+                self._rows.insert_one({"_id": Int64(mid), **doc})
+                return mid
+            except DuplicateKeyError:
+                if attempt == _INSERT_TRIES - 1:
+                    raise
+                log.warning("MongoDB id sequence of %s is behind its rows; reseeding", self._names)
+                self._seed_sequence()
+        raise AssertionError("unreachable")
+
+    def _reserve(self, owner: Doc, max_messages: int, inc_time: int) -> str | None:
+        """Take one slot of the owner's counter; return the counter's epoch, None at quota."""
+        flt: Doc = {"_id": owner}
+        if max_messages > 0:
+            flt[_COUNT] = {"$lt": max_messages}
+        for _ in range(_RESERVE_TRIES):
+            taken = self._owners.find_one_and_update(
+                flt,
+                {"$inc": {_COUNT: 1, _VERSION: 1}, "$max": {_RESERVED_AT: self._wall()}},
+                projection={_EPOCH: True},
+                return_document=ReturnDocument.AFTER,
+            )
+            if taken is not None:
+                return str(taken[_EPOCH])
+            state = self._owners.find_one({"_id": owner})
+            if state is None:
+                self._create_counter(owner)
+            elif max_messages <= 0:
+                continue  # the counter changed under us (removed by delete_expired): retry
+            elif not (
+                self._uncount_expired(owner, state, inc_time)
+                or self._resync(owner, state, max_messages)
+            ):
+                return None
+        log.warning("MongoDB quota reservation for %r kept racing; refusing", owner)
+        return None
+
+    def _counted(self, owner: Doc) -> int:
+        return self._rows.count_documents({**owner, _UNCOUNTED: {"$ne": True}})
+
+    def _create_counter(self, owner: Doc) -> None:
+        # No reservation can be in flight without a counter, so a recount is exact here.
+        counter = {
+            "_id": owner,
+            _COUNT: self._counted(owner),
+            _VERSION: 0,
+            _EPOCH: _new_epoch(),
+            _RESERVED_AT: self._wall(),
+        }
+        with contextlib.suppress(DuplicateKeyError):  # another store created it first
+            self._owners.insert_one(counter)
+
+    def _uncount_expired(self, owner: Doc, state: Mapping[str, Any], inc_time: int) -> bool:
+        """Take the owner's rows expired by ``inc_time`` out of its counter; True if any."""
+        marked = self._rows.update_many(
+            {**owner, _UNCOUNTED: {"$ne": True}, self._layout.exp_time: {"$lte": inc_time}},
+            {"$set": {_UNCOUNTED: True}},
+        ).modified_count
+        if marked:
+            self._give_back(owner, state.get(_EPOCH), marked)
+        return marked > 0
+
+    def _resync(self, owner: Doc, state: Mapping[str, Any], max_messages: int) -> bool:
+        """Re-sync a leaked counter to a recount; True when a retry may now succeed."""
+        if float(state.get(_RESERVED_AT) or 0) > self._wall() - self._grace:
+            return False  # a recent reservation may still be inserting: cannot tell a leak
+        actual = self._counted(owner)
+        if actual == state.get(_COUNT):
+            return False
+        written = self._owners.update_one(
+            {"_id": owner, _VERSION: state.get(_VERSION), _EPOCH: state.get(_EPOCH)},
+            {"$set": {_COUNT: actual, _EPOCH: _new_epoch()}, "$inc": {_VERSION: 1}},
+        ).modified_count
+        if not written:
+            return True  # someone reserved or re-synced meanwhile: look again
+        log.warning(
+            "MongoDB quota counter of %r re-synced from %s to %s", owner, state.get(_COUNT), actual
+        )
+        return actual < max_messages
+
+    def _give_back(self, owner: Doc, epoch: object, slots: int) -> None:
+        if epoch is not None and slots:
+            self._owners.update_one({"_id": owner, _EPOCH: epoch}, {"$inc": {_COUNT: -slots}})
+
+    def _remove(self, owner: Doc, extra: Mapping[str, Any], *, single: bool = False) -> int:
+        """Delete the owner's rows matching ``extra`` and give their slots back."""
+        state = self._owners.find_one({"_id": owner}, {_EPOCH: True})
+        epoch = state.get(_EPOCH) if state is not None else None
+        base = {**extra, **owner}
+        counted_filter = {**base, _UNCOUNTED: {"$ne": True}}
+        if single:
+            counted = self._rows.delete_one(counted_filter).deleted_count
+            other = (
+                0 if counted else self._rows.delete_one({**base, _UNCOUNTED: True}).deleted_count
+            )
+        else:
+            counted = self._rows.delete_many(counted_filter).deleted_count
+            other = self._rows.delete_many({**base, _UNCOUNTED: True}).deleted_count
+        self._give_back(owner, epoch, counted)
+        return counted + other
+
+    # ---- claims ---------------------------------------------------------------------------------
+
+    @_storage_step
+    def claim(
+        self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
+    ) -> list[StoredMessage]:
+        """Lease the owner's deliverable rows in id order, one ``findAndModify`` each."""
+        lay = self._layout
+        base: Doc = {
+            **self._owner(username, domain),
+            lay.snd_time: 0,
+            lay.exp_time: {"$gt": now},
+            "$or": self._lease_free(now),
+        }
+        update = self._lease_set(_text("token", token), lease_until)
+        claimed: list[StoredMessage] = []
+        while limit <= 0 or len(claimed) < limit:
+            # ``_id`` above the last one: a lease that is already over (lease_until <= now)
+            # must not make the loop take the same row again.
+            flt = {**base, "_id": {"$gt": claimed[-1].mid}} if claimed else base
+            doc = self._rows.find_one_and_update(
+                flt, update, sort=[("_id", ASCENDING)], return_document=ReturnDocument.AFTER
+            )
+            if doc is None:
+                break
+            claimed.append(self._stored(doc))
+        return claimed
+
+    @_storage_step
+    def claim_due_reminders(
+        self, now: int, lease_until: int, token: str, limit: int = 0
+    ) -> list[StoredMessage]:
+        """Lease due reminders across owners: find candidates, then compare-and-set each."""
+        lay = self._layout
+        due: Doc = {
+            lay.snd_time: {"$gt": 0, "$lte": now},
+            lay.exp_time: {"$gt": now},
+            "$or": self._lease_free(now),
+        }
+        update = self._lease_set(_text("token", token), lease_until)
+        claimed: list[StoredMessage] = []
+        last: int | None = None
+        while limit <= 0 or len(claimed) < limit:
+            want = limit - len(claimed) if limit > 0 else _BATCH
+            flt = {**due, "_id": {"$gt": last}} if last is not None else due
+            candidates = list(
+                self._rows.find(
+                    flt,
+                    {lay.username: True, lay.domain: True},
+                    sort=[("_id", ASCENDING)],
+                    limit=want,
+                )
+            )
+            for cand in candidates:
+                last = int(cand["_id"])
+                doc = self._rows.find_one_and_update(
+                    {**due, "_id": cand["_id"], **self._owner_of(cand)},
+                    update,
+                    return_document=ReturnDocument.AFTER,
+                )
+                if doc is not None:  # None: leased or deleted since the find
+                    claimed.append(self._stored(doc))
+            if len(candidates) < want:
+                break
+        return claimed
+
+    # ---- reply outcomes -------------------------------------------------------------------------
+
+    @_storage_step
+    def delete(self, mid: int) -> bool:
+        """Delete one row; False when it did not exist."""
+        lay = self._layout
+        row = self._rows.find_one({"_id": mid}, {lay.username: True, lay.domain: True})
+        if row is None:
+            return False
+        return self._remove(self._owner_of(row), {"_id": mid}, single=True) > 0
+
+    @_storage_step
+    def release(
+        self, mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
+    ) -> ReleaseResult:
+        """Clear a failed delivery's lease (compare-and-set), or drop the row at max_attempts."""
+        lay = self._layout
+        for _ in range(_RELEASE_TRIES):
+            row = self._rows.find_one(
+                {"_id": mid},
+                {lay.username: True, lay.domain: True, lay.lease_token: True, lay.attempts: True},
+            )
+            held = row.get(lay.lease_token) if row is not None else None
+            if row is None or held is None or (token is not None and held != token):
+                return ReleaseResult.NOT_FOUND
+            owner = self._owner_of(row)
+            seen = row.get(lay.attempts)
+            same: Doc = {"_id": mid, **owner, lay.lease_token: held, lay.attempts: seen}
+            if 0 < max_attempts <= int(seen or 0) + 1:
+                if self._remove(owner, same, single=True):
+                    return ReleaseResult.DROPPED
+                continue
+            changes: Doc = {lay.lease_token: None, lay.lease_until: None}
+            if to_offline:
+                changes[lay.snd_time] = Int64(0)
+            update = {"$set": changes, "$inc": {lay.attempts: 1}}
+            if self._rows.update_one(same, update).matched_count:
+                return ReleaseResult.RELEASED
+        return ReleaseResult.NOT_FOUND  # the row kept changing: another delivery owns it
+
+    # ---- inbox and housekeeping -----------------------------------------------------------------
+
+    @_storage_step
+    def count(self, username: str, domain: str, now: int) -> int:
+        """Number of the owner's unexpired rows (reminders included)."""
+        return self._rows.count_documents(
+            {**self._owner(username, domain), self._layout.exp_time: {"$gt": now}}
+        )
+
+    @_storage_step
+    def list(self, username: str, domain: str, now: int, limit: int = 0) -> list[StoredMessage]:
+        """The owner's unexpired rows in id order, not leased."""
+        docs = self._rows.find(
+            {**self._owner(username, domain), self._layout.exp_time: {"$gt": now}},
+            sort=[("_id", ASCENDING)],
+            limit=max(limit, 0),
+        )
+        return [self._stored(doc) for doc in docs]
+
+    @_storage_step
+    def get(self, mid: int) -> StoredMessage | None:
+        """One row by id, expired or not."""
+        doc = self._rows.find_one({"_id": mid})
+        return None if doc is None else self._stored(doc)
+
+    @_storage_step
+    def purge(self, username: str, domain: str) -> int:
+        """Delete every row of the owner."""
+        return self._remove(self._owner(username, domain), {})
+
+    @_storage_step
+    def delete_expired(self, now: int) -> int:
+        """Delete rows with ``exp_time <= now`` owner by owner, fixing their counters."""
+        expired: Doc = {self._layout.exp_time: {"$lte": now}}
+        total = 0
+        projection = {self._layout.username: True, self._layout.domain: True}
+        while True:
+            batch = self._rows.find(expired, projection, limit=_BATCH)
+            owners = {tuple(self._owner_of(doc).items()) for doc in batch}
+            if not owners:
+                break
+            deleted = sum(self._remove(dict(owner), expired) for owner in owners)
+            total += deleted
+            if not deleted:
+                break  # another process is deleting the same rows
+        # Counters of owners without rows are only kept while a reservation may be in flight.
+        self._owners.delete_many(
+            {_COUNT: {"$lte": 0}, _RESERVED_AT: {"$lt": self._wall() - self._grace}}
+        )
+        return total
+
+    def close(self) -> None:
+        """Close the client (when the driver owns it); the driver is unusable afterwards."""
+        self._closed = True
+        if self._client is not None:
+            self._client.close()
+
+
+# ---- factories -----------------------------------------------------------------------------------
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def open_mongo(url: str, layout: StoreLayout, options: DriverOptions) -> MongoDriver:
+    """Factory for ``mongodb://``, ``mongodb+srv://`` and (tests only) ``mongomock://`` URLs.
+
+    The database is the URL's path (default ``msilo``). ``options.timeout`` becomes the server
+    selection, connect and socket timeouts unless the URL sets them itself.
+    """
+    if url.partition("://")[0].lower() == "mongomock":
+        name = urlsplit(url).path.lstrip("/") or DEFAULT_DATABASE
+        return open_mongomock(name, layout, timeout=options.timeout)
+    given = {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
+    timeouts: dict[str, Any] = {
+        key: _milliseconds(options.timeout)
+        for key in ("serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS")
+        if key.lower() not in given
+    }
+    try:
+        client: MongoClient[Doc] = MongoClient(url, appname="libmsilo", **timeouts)
+    except (ConfigurationError, ValueError) as exc:  # InvalidURI, bad ports, failed SRV lookups
+        raise SettingsError(f"db_url: {exc}") from exc
+    try:
+        database = client.get_default_database(DEFAULT_DATABASE)
+    except (ConfigurationError, InvalidName) as exc:
+        client.close()
+        raise SettingsError(f"db_url: {exc}") from exc
+    return MongoDriver(database, layout, client=client, timeout=options.timeout)
+
+
+def open_mongomock(
+    database: str = DEFAULT_DATABASE,
+    layout: StoreLayout | None = None,
+    **kwargs: Any,
+) -> MongoDriver:
+    """A driver on a new, empty in-process mongomock server (tests only).
+
+    mongomock runs each operation in the calling thread without locking, so two threads can
+    both match a document and both modify it; every operation here holds one lock, which
+    gives back the per-document atomicity a real server has. ``kwargs`` go to
+    :class:`MongoDriver` (e.g. ``ttl_delay=None``).
+    """
+    try:
+        import mongomock
+    except ImportError as exc:
+        raise SettingsError(
+            "db_url: mongomock:// needs the mongomock package; "
+            "install it with: pip install 'libmsilo[mongo]'"
+        ) from exc
+    if not database or len(database) > 63 or _INVALID_DB_CHARS & set(database):
+        raise SettingsError(f"db_url: {database!r} is not a valid MongoDB database name")
+    client: _Closeable = mongomock.MongoClient()
+    locked = _SerializedDatabase(cast(Any, client)[database], threading.RLock())
+    return MongoDriver(cast("Database[Doc]", locked), layout, client=client, **kwargs)
+
+
+class _Serialized:
+    """A mongomock object whose every call runs under one lock, cursors read inside it."""
+
+    def __init__(self, target: Any, lock: threading.RLock) -> None:
+        self._target = target
+        self._lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                result = attr(*args, **kwargs)
+                if hasattr(result, "__next__"):  # a cursor: read it while holding the lock
+                    return list(result)
+                return result
+
+        return locked
+
+
+class _SerializedDatabase(_Serialized):
+    """A mongomock database handing out serialized collections."""
+
+    def __getitem__(self, name: str) -> _Serialized:
+        return _Serialized(self._target[name], self._lock)

@@ -1,0 +1,380 @@
+"""The SQL storage driver: SQLite (embedded default), PostgreSQL (psycopg 3) and MySQL/MariaDB
+(PyMySQL) through SQLAlchemy Core.
+
+SQLAlchemy builds the table, reflects and migrates existing ones, opens connections and compiles
+every statement once per dialect (:mod:`.sql_ops`); each call then runs that SQL on a bare DBAPI
+cursor taken from a small connection stack (:mod:`.sql_pool`), keeping the cost per call close to
+the DBAPI's own. URL schemes: ``sqlite``, ``postgresql[+dbapi]``, ``postgres``,
+``mysql[+dbapi]``, ``mariadb[+dbapi]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool, StaticPool
+
+from ..errors import InvalidRequest, MsiloError, SettingsError, StorageUnavailable
+from . import DriverOptions
+from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .sql_ops import NO_LIMIT, SqlOps
+from .sql_pool import ConnectionStack, PooledConnection, is_retryable, storage_error
+from .sql_schema import (
+    ValueLimits,
+    build_table,
+    create_table,
+    drop_table,
+    limits_from_table,
+    migrate_table,
+    reflect_limits,
+)
+
+__all__ = ["SqlDriver", "open_sql", "sql_url"]
+
+log = logging.getLogger("libmsilo")
+T = TypeVar("T")
+
+_TRIES = 5  # attempts of a step that hit a deadlock or serialization failure
+_EXTRAS = {"postgresql": "postgres", "mysql": "mysql"}
+
+
+def sql_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL for a driver URL: ``postgres``/bare ``postgresql`` use psycopg 3,
+    ``mariadb`` and bare ``mysql`` use PyMySQL (through SQLAlchemy's ``mysql`` dialect)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise SettingsError(f"db_url: {url!r} is not a URL (scheme://...)")
+    base, _, dbapi = scheme.lower().partition("+")
+    if base in ("postgres", "postgresql"):
+        name = f"postgresql+{dbapi or 'psycopg'}"
+    elif base in ("mysql", "mariadb"):
+        name = f"mysql+{dbapi or 'pymysql'}"
+    elif base == "sqlite":
+        name = f"sqlite+{dbapi}" if dbapi else "sqlite"
+    else:
+        raise SettingsError(f"db_url: {scheme!r} is not a SQL scheme")
+    try:
+        return sa.make_url(f"{name}://{rest}")
+    except sa.exc.ArgumentError as exc:
+        raise SettingsError(f"db_url: {exc}") from exc
+
+
+def _memory_db(url: sa.URL) -> bool:
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
+def _connect_args(url: sa.URL, timeout: float, bounded: bool) -> dict[str, Any]:
+    """DBAPI connect arguments bounding connect time and, when ``bounded``, each statement
+    (left out for schema changes, which may take long on a big table). URL query values win."""
+    backend, dbapi = url.get_backend_name(), url.get_driver_name()
+    args: dict[str, Any] = {}
+    if backend == "sqlite":
+        args = {"timeout": timeout, "check_same_thread": False}
+    elif backend == "postgresql" and dbapi in ("psycopg", "psycopg2"):
+        args["connect_timeout"] = max(2, math.ceil(timeout))  # libpq: whole seconds, 2 at least
+        if bounded:
+            ms = max(1, int(timeout * 1000))
+            user_options = url.query.get("options", "")
+            options = f"-c statement_timeout={ms} -c lock_timeout={ms} {user_options}"
+            args["options"] = options.strip()
+    elif backend == "mysql" and dbapi == "pymysql":
+        args["connect_timeout"] = timeout
+        if bounded:
+            # a socket-level backstop behind the server-side bounds set per session below
+            args["read_timeout"] = args["write_timeout"] = 2 * timeout + 5
+    return {k: v for k, v in args.items() if k not in url.query or k == "options"}
+
+
+def _session_setup(engine: Engine, timeout: float) -> None:
+    """Per-connection settings: MySQL's READ COMMITTED (consistent reads take no locks and see
+    rows committed before the statement), lock-wait and statement bounds; SQLite's WAL mode."""
+    dialect = engine.dialect
+    backend = engine.url.get_backend_name()
+    file_db = backend == "sqlite" and not _memory_db(engine.url)
+    if backend not in ("mysql", "sqlite"):
+        return
+
+    @event.listens_for(engine, "connect")
+    def _setup(dbapi_conn: Any, record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            if backend == "sqlite":
+                if file_db:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                return
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cur.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}")
+            if getattr(dialect, "is_mariadb", False):
+                cur.execute(f"SET SESSION max_statement_time = {timeout + 1:.3f}")
+        finally:
+            cur.close()
+
+
+def _engine(url: sa.URL, timeout: float, *, bounded: bool) -> Engine:
+    backend = url.get_backend_name()
+    paramstyle = "named" if backend == "sqlite" else "pyformat"
+    try:
+        engine = sa.create_engine(
+            url,
+            # Pooling is the driver's own (sql_pool.ConnectionStack); an in-memory SQLite
+            # database exists in one connection only, which StaticPool shares.
+            poolclass=StaticPool if backend == "sqlite" and _memory_db(url) else NullPool,
+            pool_reset_on_return=None,
+            isolation_level="AUTOCOMMIT",
+            paramstyle=paramstyle,
+            connect_args=_connect_args(url, timeout, bounded),
+        )
+    except ImportError as exc:
+        extra = _EXTRAS.get(backend)
+        hint = f"; install it with: pip install 'libmsilo[{extra}]'" if extra else ""
+        raise SettingsError(f"db_url: {url.drivername} needs a missing package{hint}") from exc
+    except (sa.exc.ArgumentError, TypeError) as exc:
+        raise SettingsError(f"db_url: {exc}") from exc
+    _session_setup(engine, timeout)
+    return engine
+
+
+class SqlDriver:
+    """Stores messages in one SQL table (see :mod:`libmsilo.drivers.sql_schema`)."""
+
+    def __init__(self, url: sa.URL, layout: StoreLayout, options: DriverOptions) -> None:
+        self.layout = layout
+        self._url = url
+        self._timeout = options.timeout
+        self._engine = _engine(url, options.timeout, bounded=True)
+        self._dialect = self._engine.dialect
+        self._dbapi_error: type[Exception] = self._dialect.loaded_dbapi.Error
+        single = url.get_backend_name() == "sqlite" and _memory_db(url)
+        self._pool = ConnectionStack(self._engine, single=single)
+        self._table = build_table(layout, sa.MetaData())
+        self._ops: SqlOps | None = None
+        self._limits: ValueLimits | None = None
+        self._prepare_lock = threading.Lock()
+        self._ddl_engine: Engine | None = None  # unbounded statements, created when needed
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _schema_conn(self) -> Iterator[Connection]:
+        """A connection without statement bounds, for reflection and DDL."""
+        memory = self._url.get_backend_name() == "sqlite" and _memory_db(self._url)
+        # The in-memory database lives in the stack's one connection: hold it while in use.
+        if memory:
+            engine = self._engine
+        else:
+            if self._ddl_engine is None:
+                self._ddl_engine = _engine(self._url, self._timeout, bounded=False)
+            engine = self._ddl_engine
+        held = self._pool.checkout() if memory else None
+        try:
+            with engine.connect() as sa_conn:
+                yield sa_conn
+        except MsiloError:
+            raise
+        except (sa.exc.SQLAlchemyError, self._dbapi_error, OSError) as exc:
+            raise storage_error(exc, self._dialect, None) from exc
+        finally:
+            if held is not None:
+                self._pool.checkin(held)
+
+    def _prepare(self) -> SqlOps:
+        """Compile the statements (the dialect knows the server once connected) and read the
+        table's column limits."""
+        with self._prepare_lock:
+            if self._ops is None:
+                conn = self._pool.checkout()  # initializes the dialect
+                self._pool.checkin(conn)
+                self._ops = SqlOps(self._table, self._dialect, self._timeout)
+            if self._limits is None:
+                with self._schema_conn() as sa_conn:
+                    self._limits = reflect_limits(sa_conn, self.layout)
+            return self._ops
+
+    def _run(self, step: Callable[[PooledConnection], T]) -> T:
+        """Run one step on a pooled connection; map errors and retry deadlocks."""
+        for attempt in range(_TRIES):
+            conn = self._pool.checkout()
+            try:
+                result = step(conn)
+            except BaseException as exc:
+                self._recover(conn, exc)
+                if attempt + 1 < _TRIES and is_retryable(exc):
+                    time.sleep(random.uniform(0.001, 0.005) * 2**attempt)
+                    continue
+                self._raise(exc)
+            self._pool.checkin(conn)
+            return result
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _recover(self, conn: PooledConnection, exc: BaseException) -> None:
+        """Roll back the failed step's transaction and give the connection back, or drop it."""
+        if isinstance(exc, (sa.exc.SQLAlchemyError, self._dbapi_error, OSError)):
+            lost = isinstance(storage_error(exc, self._dialect, conn), StorageUnavailable)
+        else:
+            lost = not isinstance(exc, (MsiloError, UnicodeError))
+        if not lost:
+            try:
+                conn.dbapi.rollback()
+            except Exception:
+                lost = True
+        if lost:
+            self._pool.discard(conn, lost=True)
+        else:
+            self._pool.checkin(conn)
+
+    def _raise(self, exc: BaseException) -> None:
+        if isinstance(exc, MsiloError):
+            raise exc
+        if isinstance(exc, UnicodeError):
+            raise InvalidRequest(f"text cannot be stored: {exc}") from exc
+        if isinstance(exc, (sa.exc.SQLAlchemyError, self._dbapi_error, OSError)):
+            raise storage_error(exc, self._dialect, None) from exc
+        raise exc
+
+    def _ready(self) -> SqlOps:
+        ops = self._ops
+        if ops is None or self._limits is None:
+            ops = self._prepare()
+        return ops
+
+    # ---- schema -------------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the table and its indexes if missing."""
+        with self._schema_conn() as conn:
+            create_table(conn, self.layout)
+        self._limits = None
+
+    def drop_schema(self) -> None:
+        """Drop the table (with its indexes)."""
+        with self._schema_conn() as conn:
+            drop_table(conn, self.layout)
+        self._limits = None
+
+    def migrate(self) -> None:
+        """Add the lease columns and indexes to an OpenSIPS/Kamailio table, keeping its rows."""
+        with self._schema_conn() as conn:
+            migrate_table(conn, self.layout)
+        self._limits = None
+
+    # ---- messages -----------------------------------------------------------------------------
+
+    def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
+        """Store ``msg``; None when the owner already holds ``max_messages`` live messages."""
+        ops = self._ready()
+        limits = self._limits or limits_from_table(self._table, self._dialect.name)
+        limits.check(msg)
+        if ops.kind == "postgresql":
+            for text in (msg.src_addr, msg.dst_addr, msg.username, msg.domain, msg.ctype):
+                if "\x00" in text:
+                    raise InvalidRequest("PostgreSQL text cannot hold NUL characters")
+        params = {
+            "src_addr": msg.src_addr,
+            "dst_addr": msg.dst_addr,
+            "username": msg.username,
+            "domain": msg.domain,
+            "body": msg.body,
+            "ctype": msg.ctype,
+            "inc_time": msg.inc_time,
+            "exp_time": msg.exp_time,
+            "snd_time": msg.snd_time,
+        }
+        return self._run(lambda c: ops.insert(c.cursor, c.dbapi, dict(params), max_messages))
+
+    def _check_token(self, token: str) -> None:
+        if len(token) > 64:
+            raise InvalidRequest("lease token longer than 64 characters")
+
+    def claim(
+        self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
+    ) -> list[StoredMessage]:
+        """Lease the owner's unexpired, unleased offline messages to ``token``, in id order."""
+        ops = self._ready()
+        self._check_token(token)
+        params = {
+            "u": username,
+            "d": domain,
+            "now": now,
+            "lu": lease_until,
+            "tok": token,
+            "lim": limit if limit > 0 else NO_LIMIT,
+        }
+        return self._run(lambda c: ops.claim(c.cursor, c.dbapi, params, False))
+
+    def claim_due_reminders(
+        self, now: int, lease_until: int, token: str, limit: int = 0
+    ) -> list[StoredMessage]:
+        """Lease due reminders (``0 < snd_time <= now``) of every owner, in id order."""
+        ops = self._ready()
+        self._check_token(token)
+        params = {
+            "now": now,
+            "lu": lease_until,
+            "tok": token,
+            "lim": limit if limit > 0 else NO_LIMIT,
+        }
+        return self._run(lambda c: ops.claim(c.cursor, c.dbapi, params, True))
+
+    def delete(self, mid: int) -> bool:
+        """Delete one row; False when it did not exist."""
+        ops = self._ready()
+        return self._run(lambda c: ops.changed(ops.delete_sql, c.cursor, {"mid": mid}) > 0)
+
+    def release(
+        self, mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
+    ) -> ReleaseResult:
+        """End a failed delivery (see :meth:`libmsilo.drivers.base.Driver.release`)."""
+        ops = self._ready()
+        return self._run(
+            lambda c: ops.release(c.cursor, c.dbapi, mid, token, to_offline, max_attempts)
+        )
+
+    def count(self, username: str, domain: str, now: int) -> int:
+        """Number of the owner's unexpired messages."""
+        ops = self._ready()
+        params = {"u": username, "d": domain, "now": now}
+        return self._run(lambda c: ops.count(c.cursor, params))
+
+    def list(self, username: str, domain: str, now: int, limit: int = 0) -> list[StoredMessage]:
+        """The owner's unexpired messages in id order, not leased."""
+        ops = self._ready()
+        params = {"u": username, "d": domain, "now": now, "lim": limit if limit > 0 else NO_LIMIT}
+        return self._run(lambda c: ops.list(c.cursor, params))
+
+    def get(self, mid: int) -> StoredMessage | None:
+        """One row by id, expired or not."""
+        ops = self._ready()
+        return self._run(lambda c: ops.get(c.cursor, mid))
+
+    def purge(self, username: str, domain: str) -> int:
+        """Delete every row of the owner; how many."""
+        ops = self._ready()
+        params = {"u": username, "d": domain}
+        return self._run(lambda c: ops.changed(ops.purge_sql, c.cursor, params))
+
+    def delete_expired(self, now: int) -> int:
+        """Delete rows with ``exp_time <= now``; how many."""
+        ops = self._ready()
+        return self._run(lambda c: ops.changed(ops.expired_sql, c.cursor, {"now": now}))
+
+    def close(self) -> None:
+        """Close every connection; the driver is unusable afterwards."""
+        self._pool.close()
+        self._engine.dispose()
+        if self._ddl_engine is not None:
+            self._ddl_engine.dispose()
+
+
+def open_sql(url: str, layout: StoreLayout, options: DriverOptions) -> SqlDriver:
+    """Factory for ``sqlite``, ``postgresql``, ``postgres``, ``mysql`` and ``mariadb`` URLs."""
+    return SqlDriver(sql_url(url), layout, options)

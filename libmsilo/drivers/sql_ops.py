@@ -1,0 +1,317 @@
+"""The SQL driver's steps: SQLAlchemy Core statements compiled once per dialect, run on a DBAPI
+cursor of a connection in autocommit mode.
+
+Each step is one statement when the database makes that atomic, else one short transaction:
+
+- claims: PostgreSQL ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``;
+  SQLite the same ``UPDATE … RETURNING`` (one writer at a time); MySQL/MariaDB, which has no
+  ``UPDATE … RETURNING``, ``SELECT … FOR UPDATE SKIP LOCKED`` then ``UPDATE`` in a transaction.
+- quota: ``INSERT … SELECT … FROM (SELECT count(*) …) WHERE n < max`` counts and inserts in
+  one statement, and a per-owner lock taken in an earlier statement serializes the owner's
+  inserts, so the count always sees the rows other writers committed (PostgreSQL
+  ``pg_advisory_xact_lock``, MySQL ``GET_LOCK``; SQLite needs none, having one writer).
+  Without the lock two writers could both count ``max - 1`` and both insert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import bindparam as bp
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from ..errors import StorageError
+from .base import ReleaseResult, StoredMessage
+from .sql_schema import MESSAGE_FIELDS, ROW_FIELDS
+
+__all__ = ["NO_LIMIT", "SqlOps"]
+
+#: LIMIT value meaning "all rows" (valid on all three databases).
+NO_LIMIT = 2**63 - 1
+_LEASE_SQL_CACHE_MAX = 256
+
+
+class _Sql:
+    """One compiled statement: its text and the values of binds SQLAlchemy added itself."""
+
+    __slots__ = ("defaults", "text")
+
+    def __init__(self, stmt: sa.ClauseElement, dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.text = compiled.string
+        if "POSTCOMPILE" in self.text:  # would need SQLAlchemy's runtime expansion
+            raise RuntimeError(f"statement needs runtime expansion: {self.text}")
+        # binds made from literal values (e.g. SQLite's "OFFSET 0"); the driver's own are required
+        self.defaults = {
+            name: bind.effective_value
+            for bind, name in compiled.bind_names.items()
+            if not bind.required
+        }
+
+    def run(self, cur: Any, params: dict[str, Any]) -> None:
+        cur.execute(self.text, {**self.defaults, **params} if self.defaults else params)
+
+
+def _row(r: Any) -> StoredMessage:
+    body = r[4]
+    return StoredMessage(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        body if type(body) is bytes else bytes(body or b""),
+        r[5] or "",
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+    )
+
+
+def _leased(r: Any, token: str, lease_until: int) -> StoredMessage:
+    return _row((*r[:10], token, lease_until, r[12]))
+
+
+class SqlOps:
+    """Every driver step for one table on one (initialized) dialect."""
+
+    def __init__(self, table: sa.Table, dialect: Dialect, timeout: float) -> None:
+        self.table = table
+        self.dialect = dialect
+        self.kind = "mysql" if dialect.name in ("mysql", "mariadb") else dialect.name
+        self.timeout = timeout
+        c = table.c
+        cols = [c[f] for f in ROW_FIELDS]
+        owner = sa.and_(c.username == bp("u"), c.domain == bp("d"))
+        free = sa.or_(c.lease_token.is_(None), c.lease_until <= bp("now"))
+        live = c.exp_time > bp("now")
+        self._begin = "BEGIN IMMEDIATE" if self.kind == "sqlite" else "BEGIN"
+        version = getattr(dialect, "server_version_info", None) or (0,)
+        if self.kind == "mysql":
+            maria = getattr(dialect, "is_mariadb", False)
+            skip = version >= ((10, 6) if maria else (8, 0, 1))
+        else:
+            skip = True  # PostgreSQL 9.5+; SQLite ignores FOR UPDATE
+        # UPDATE … RETURNING: PostgreSQL, SQLite 3.35+; never MySQL / MariaDB.
+        self.returning = self.kind != "mysql" and bool(dialect.update_returning)
+
+        def compile_(stmt: sa.ClauseElement) -> _Sql:
+            return _Sql(stmt, dialect)
+
+        def pick(where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+            return (
+                sa.select(c.mid)
+                .where(where)
+                .order_by(c.mid)
+                .limit(bp("lim"))
+                .with_for_update(skip_locked=skip)
+            )
+
+        due = sa.and_(c.snd_time > 0, c.snd_time <= bp("now"))
+        claim_where = sa.and_(owner, c.snd_time == 0, live, free)
+        due_where = sa.and_(due, live, free)
+        lease: dict[str, Any] = {"lease_token": bp("tok"), "lease_until": bp("lu")}
+        if self.returning:
+            self.claim_sql = compile_(
+                sa.update(table)
+                .where(c.mid.in_(pick(claim_where).scalar_subquery()))
+                .values(**lease)
+                .returning(*cols)
+            )
+            self.due_sql = compile_(
+                sa.update(table)
+                .where(c.mid.in_(pick(due_where).scalar_subquery()))
+                .values(**lease)
+                .returning(*cols)
+            )
+        else:
+
+            def locking(where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+                return (
+                    sa.select(*cols)
+                    .where(where)
+                    .order_by(c.mid)
+                    .limit(bp("lim"))
+                    .with_for_update(skip_locked=skip)
+                )
+
+            self.claim_sql = compile_(locking(claim_where))
+            self.due_sql = compile_(locking(due_where))
+        self._lease_sql: dict[int, _Sql] = {}
+
+        values = {f: bp(f, type_=c[f].type) for f in MESSAGE_FIELDS}
+        insert = sa.insert(table).values(**values)
+        # The count sits in a derived table: MySQL refuses the target table in a WHERE
+        # subquery of INSERT … SELECT, and SQLite before 3.39 refuses HAVING without GROUP BY.
+        live_count = (
+            sa.select(sa.func.count().label("n"))
+            .select_from(table)
+            .where(owner, c.exp_time > bp("inc_time"))
+            .subquery("q")
+        )
+        counted = sa.select(*values.values()).where(live_count.c.n < bp("max"))
+        quota = sa.insert(table).from_select(list(MESSAGE_FIELDS), counted)
+        if self.kind == "postgresql":
+            insert, quota = insert.returning(c.mid), quota.returning(c.mid)
+        self.insert_sql = compile_(insert)
+        self.quota_sql = compile_(quota)
+        if self.kind == "postgresql":
+            self.lock_sql = compile_(sa.select(sa.func.pg_advisory_xact_lock(bp("key"))))
+        elif self.kind == "mysql":
+            self.lock_sql = compile_(sa.select(sa.func.get_lock(bp("key"), bp("wait"))))
+            self.unlock_sql = compile_(sa.select(sa.func.release_lock(bp("key"))))
+
+        self.get_sql = compile_(sa.select(*cols).where(c.mid == bp("mid")))
+        self.count_sql = compile_(sa.select(sa.func.count()).select_from(table).where(owner, live))
+        self.list_sql = compile_(
+            sa.select(*cols).where(owner, live).order_by(c.mid).limit(bp("lim"))
+        )
+        self.delete_sql = compile_(sa.delete(table).where(c.mid == bp("mid")))
+        self.purge_sql = compile_(sa.delete(table).where(owner))
+        self.expired_sql = compile_(sa.delete(table).where(c.exp_time <= bp("now")))
+        # release: clear the lease held by the token (any lease when no token), count the attempt
+        self.release_sql: dict[tuple[bool, bool], _Sql] = {}
+        for by_token in (False, True):
+            for offline in (False, True):
+                held = c.lease_token == bp("tok") if by_token else c.lease_token.is_not(None)
+                changes: dict[str, Any] = {
+                    "lease_token": sa.null(),
+                    "lease_until": sa.null(),
+                    "attempts": c.attempts + 1,
+                }
+                if offline:
+                    changes["snd_time"] = sa.literal_column("0")
+                stmt = sa.update(table).where(c.mid == bp("mid"), held).values(**changes)
+                self.release_sql[by_token, offline] = compile_(stmt)
+        self.lease_state_sql = compile_(
+            sa.select(c.lease_token, c.attempts).where(c.mid == bp("mid")).with_for_update()
+        )
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def owner_key(self, username: str, domain: str) -> bytes:
+        """A digest naming the owner's quota lock (unique per table)."""
+        text = f"{self.table.name}\0{username}\0{domain}"
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def _lease_update(self, count: int) -> _Sql:
+        sql = self._lease_sql.get(count)
+        if sql is None:
+            c = self.table.c
+            stmt = (
+                sa.update(self.table)
+                .where(c.mid.in_([bp(f"m{i}") for i in range(count)]))
+                .values(lease_token=bp("tok"), lease_until=bp("lu"))
+            )
+            sql = _Sql(stmt, self.dialect)
+            if len(self._lease_sql) < _LEASE_SQL_CACHE_MAX:
+                self._lease_sql[count] = sql
+        return sql
+
+    # ---- steps --------------------------------------------------------------------------------
+
+    def insert(self, cur: Any, conn: Any, params: dict[str, Any], max_messages: int) -> int | None:
+        """Insert a row (``params`` holds the message fields); None when at quota."""
+        if max_messages <= 0:
+            self.insert_sql.run(cur, params)
+            return self._inserted(cur)
+        params["max"] = max_messages
+        params["u"], params["d"] = params["username"], params["domain"]
+        key = self.owner_key(params["u"], params["d"])
+        if self.kind == "postgresql":
+            cur.execute(self._begin)
+            self.lock_sql.run(cur, {"key": int.from_bytes(key[:8], "big", signed=True)})
+            self.quota_sql.run(cur, params)
+            mid = self._inserted(cur)
+            conn.commit()
+            return mid
+        if self.kind == "mysql":
+            # GET_LOCK is held by the session, not the transaction: released in ``finally``.
+            name = "msilo:" + key.hex()
+            self.lock_sql.run(cur, {"key": name, "wait": self.timeout})
+            got = cur.fetchone()
+            if not got or got[0] != 1:
+                raise StorageError("timed out waiting for the owner's quota lock")
+            try:
+                self.quota_sql.run(cur, params)
+                return self._inserted(cur)
+            finally:
+                self.unlock_sql.run(cur, {"key": name})
+                cur.fetchall()
+        self.quota_sql.run(cur, params)  # SQLite: one statement, one writer
+        return self._inserted(cur)
+
+    def _inserted(self, cur: Any) -> int | None:
+        if self.kind == "postgresql":
+            row = cur.fetchone()
+            return None if row is None else int(row[0])
+        return int(cur.lastrowid) if cur.rowcount > 0 else None
+
+    def claim(self, cur: Any, conn: Any, params: dict[str, Any], due: bool) -> list[StoredMessage]:
+        """Lease an owner's messages (``params``: u, d, now, lu, tok, lim) or due reminders."""
+        sql = self.due_sql if due else self.claim_sql
+        if self.returning:
+            sql.run(cur, params)
+            rows = sorted(cur.fetchall(), key=lambda r: r[9])
+            return [_row(r) for r in rows]
+        cur.execute(self._begin)
+        sql.run(cur, params)
+        rows = cur.fetchall()
+        if rows:
+            ids: dict[str, Any] = {f"m{i}": r[9] for i, r in enumerate(rows)}
+            ids.update(tok=params["tok"], lu=params["lu"])
+            self._lease_update(len(rows)).run(cur, ids)
+        conn.commit()
+        return [_leased(r, params["tok"], params["lu"]) for r in rows]
+
+    def release(
+        self, cur: Any, conn: Any, mid: int, token: str | None, offline: bool, max_attempts: int
+    ) -> ReleaseResult:
+        """Clear a lease and count the attempt, or drop the row at ``max_attempts``."""
+        params: dict[str, Any] = {"mid": mid, "tok": token}
+        if max_attempts <= 0:
+            self.release_sql[token is not None, offline].run(cur, params)
+            return ReleaseResult.RELEASED if cur.rowcount > 0 else ReleaseResult.NOT_FOUND
+        cur.execute(self._begin)
+        self.lease_state_sql.run(cur, params)
+        row = cur.fetchone()
+        if row is None or row[0] is None or (token is not None and row[0] != token):
+            conn.commit()
+            return ReleaseResult.NOT_FOUND
+        if row[1] + 1 >= max_attempts:
+            self.delete_sql.run(cur, params)
+            result = ReleaseResult.DROPPED
+        else:
+            self.release_sql[False, offline].run(cur, params)
+            result = ReleaseResult.RELEASED
+        conn.commit()
+        return result
+
+    def get(self, cur: Any, mid: int) -> StoredMessage | None:
+        """One row by id."""
+        self.get_sql.run(cur, {"mid": mid})
+        row = cur.fetchone()
+        return None if row is None else _row(row)
+
+    def list(self, cur: Any, params: dict[str, Any]) -> list[StoredMessage]:
+        """The owner's unexpired rows in id order (``params``: u, d, now, lim)."""
+        self.list_sql.run(cur, params)
+        return [_row(r) for r in cur.fetchall()]
+
+    def count(self, cur: Any, params: dict[str, Any]) -> int:
+        """The owner's unexpired rows (``params``: u, d, now)."""
+        self.count_sql.run(cur, params)
+        return int(cur.fetchone()[0])
+
+    @staticmethod
+    def changed(sql: _Sql, cur: Any, params: dict[str, Any]) -> int:
+        """Run a DELETE; how many rows it removed."""
+        sql.run(cur, params)
+        return max(int(cur.rowcount), 0)

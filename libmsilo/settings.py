@@ -1,0 +1,226 @@
+"""``MsiloSettings``: every msilo module parameter under its own name, plus the library's own.
+
+Values come from keyword arguments, ``MSILO_*`` environment variables or a ``.env`` file
+(pydantic-settings), or from a server config via :meth:`MsiloSettings.from_opensips_cfg`. Templates
+and the time zone are checked and compiled here, once, so a bad value fails at start-up.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import tzinfo
+from typing import Any
+
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .drivers.base import IDENTIFIER_RE, StoreLayout
+from .errors import SettingsError
+from .modparam import read_modparams
+from .templating import Template, compile_template
+from .timefmt import local_zone, parse_zone
+
+__all__ = ["MsiloSettings", "Profile"]
+
+
+class Profile(enum.Enum):
+    """Presets for running beside (or instead of) an existing C server."""
+
+    LIBMSILO = "libmsilo"
+    OPENSIPS = "opensips"
+    KAMAILIO = "kamailio"
+
+
+# What the real modules' code does, where it differs from their documentation (reference §1).
+_PRESETS: dict[Profile, dict[str, Any]] = {
+    Profile.LIBMSILO: {},
+    Profile.OPENSIPS: {"sc_mid": "id", "check_time": 60, "clean_period": 10, "add_contact": True},
+    Profile.KAMAILIO: {"sc_mid": "id", "check_time": 60, "clean_period": 10, "add_contact": False},
+}
+
+_TEMPLATES = ("from_address", "contact_hdr", "offline_message", "content_type_hdr")
+_COLUMNS = (
+    "sc_mid",
+    "sc_from",
+    "sc_to",
+    "sc_uri_user",
+    "sc_uri_host",
+    "sc_body",
+    "sc_ctype",
+    "sc_exp_time",
+    "sc_inc_time",
+    "sc_snd_time",
+)
+_AVP_SPEC = re.compile(r"\$avp\(([A-Za-z0-9_.:-]+)\)|([A-Za-z_][A-Za-z0-9_.:-]*)")
+
+
+class MsiloSettings(BaseSettings):
+    """msilo configuration; invalid values raise :class:`SettingsError` naming the parameter."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MSILO_", env_file=".env", extra="forbid", frozen=True, validate_default=True
+    )
+
+    db_url: str = "sqlite:///msilo.db"
+    db_table: str = "silo"
+    from_address: str | None = None
+    contact_hdr: str | None = None
+    offline_message: str | None = None
+    content_type_hdr: str | None = None
+    reminder: str | None = None
+    outbound_proxy: str | None = None
+    expire_time: int = Field(259200, gt=0)
+    check_time: int = Field(30, gt=0)
+    send_time: int = Field(0, ge=0)
+    clean_period: int = Field(5, gt=0)
+    use_contact: bool = True
+    sc_mid: str = "mid"
+    sc_from: str = "src_addr"
+    sc_to: str = "dst_addr"
+    sc_uri_user: str = "username"
+    sc_uri_host: str = "domain"
+    sc_body: str = "body"
+    sc_ctype: str = "ctype"
+    sc_exp_time: str = "exp_time"
+    sc_inc_time: str = "inc_time"
+    sc_snd_time: str = "snd_time"
+    snd_time_avp: str | None = None
+    add_date: bool = True
+    max_messages: int = Field(0, ge=0)
+    add_contact: bool = True
+
+    timezone: str | None = None
+    profile: Profile = Profile.LIBMSILO
+    max_body_size: int = Field(65536, gt=0)
+    max_attempts: int = Field(0, ge=0)
+    notify_loop_guard: bool = True
+    db_timeout: float = Field(5.0, gt=0)
+
+    _templates: dict[str, Template] = PrivateAttr(default_factory=dict)
+    _zone: tzinfo = PrivateAttr(default_factory=local_zone)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from exc
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        raw = data.get("profile", Profile.LIBMSILO)
+        try:
+            profile = Profile(raw.value if isinstance(raw, Profile) else str(raw).lower())
+        except ValueError:
+            return data  # the field validator reports the bad profile name
+        return {**_PRESETS[profile], **data, "profile": profile}
+
+    @field_validator("db_table", *_COLUMNS)
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not IDENTIFIER_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*)")
+        return value
+
+    @field_validator("snd_time_avp")
+    @classmethod
+    def _avp_spec(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = _AVP_SPEC.fullmatch(value.strip())
+        if not match:
+            raise ValueError(f"{value!r} is not an AVP spec such as $avp(snd_time)")
+        return match.group(1) or match.group(2)
+
+    @model_validator(mode="after")
+    def _compile(self) -> MsiloSettings:
+        if self.offline_message is not None and self.content_type_hdr is None:
+            raise ValueError("offline_message needs content_type_hdr (the notice's Content-Type)")
+        for name in _TEMPLATES:
+            source = getattr(self, name)
+            if source is not None:
+                try:
+                    self._templates[name] = compile_template(source)
+                except SettingsError as exc:
+                    raise ValueError(f"{name}: {exc}") from exc
+        if self.timezone is not None:
+            try:
+                self._zone = parse_zone(self.timezone)
+            except SettingsError as exc:
+                raise ValueError(f"timezone: {exc}") from exc
+        try:
+            self.layout()
+        except ValueError as exc:
+            raise ValueError(f"sc_*: {exc}") from exc
+        return self
+
+    # ---- derived values ----------------------------------------------------------------------
+
+    @property
+    def zone(self) -> tzinfo:
+        """The time zone for reminder times and the body prefix."""
+        return self._zone
+
+    def template(self, name: str) -> Template | None:
+        """The compiled template of ``from_address``, ``contact_hdr``, ``offline_message`` or
+        ``content_type_hdr`` (None when unset)."""
+        return self._templates.get(name)
+
+    @property
+    def notices_enabled(self) -> bool:
+        """Whether stores may produce an offline notice."""
+        return self.from_address is not None and self.offline_message is not None
+
+    @property
+    def reminders_enabled(self) -> bool:
+        """Whether the reminder sweep runs (``reminder`` set and ``send_time > 0``)."""
+        return self.reminder is not None and self.send_time > 0
+
+    def layout(self) -> StoreLayout:
+        """Table and column names for the drivers."""
+        return StoreLayout(
+            table=self.db_table,
+            mid=self.sc_mid,
+            src_addr=self.sc_from,
+            dst_addr=self.sc_to,
+            username=self.sc_uri_user,
+            domain=self.sc_uri_host,
+            body=self.sc_body,
+            ctype=self.sc_ctype,
+            exp_time=self.sc_exp_time,
+            inc_time=self.sc_inc_time,
+            snd_time=self.sc_snd_time,
+        )
+
+    # ---- server configs ----------------------------------------------------------------------
+
+    @classmethod
+    def from_opensips_cfg(cls, text: str, **overrides: Any) -> MsiloSettings:
+        """Settings from the ``modparam("msilo", …)`` lines of an ``opensips.cfg``."""
+        return cls._from_cfg(text, Profile.OPENSIPS, overrides)
+
+    @classmethod
+    def from_kamailio_cfg(cls, text: str, **overrides: Any) -> MsiloSettings:
+        """Settings from the ``modparam("msilo", …)`` lines of a ``kamailio.cfg``."""
+        return cls._from_cfg(text, Profile.KAMAILIO, overrides)
+
+    @classmethod
+    def _from_cfg(cls, text: str, profile: Profile, overrides: dict[str, Any]) -> MsiloSettings:
+        known = set(cls.model_fields)
+        values: dict[str, Any] = {"profile": profile}
+        for name, value in read_modparams(text, "msilo", known):
+            values[name] = value
+        values.update(overrides)
+        return cls(**values)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
