@@ -47,7 +47,9 @@ app = typer.Typer(
 DbUrl = Annotated[
     str | None,
     typer.Option(
-        "--db-url", help="Store URL (default: MSILO_DB_URL, else sqlite:///msilo.db).", show_default=False
+        "--db-url",
+        help="Store URL (default: MSILO_DB_URL, else sqlite:///msilo.db).",
+        show_default=False,
     ),
 ]
 TableOpt = Annotated[str | None, typer.Option("--table", help="Table / collection / key prefix.")]
@@ -279,7 +281,9 @@ def delete(
 @_errors
 def purge(
     aor: Annotated[str | None, typer.Argument(help="Owner whose messages to delete")] = None,
-    expired: Annotated[bool, typer.Option("--expired", help="Delete expired rows instead.")] = False,
+    expired: Annotated[
+        bool, typer.Option("--expired", help="Delete expired rows instead.")
+    ] = False,
     db_url: DbUrl = None,
     table: TableOpt = None,
     profile: ProfileOpt = None,
@@ -461,7 +465,7 @@ def demo(
     ] = None,
     timezone: ZoneOpt = None,
 ) -> None:
-    """Play a short offline-message scenario: bob writes to alice, who is offline, then registers."""
+    """Play a short scenario: bob writes to alice while she is offline, then she registers."""
     with tempfile.TemporaryDirectory(prefix="msilo-demo-") as tmp:
         url = db_url or f"sqlite:///{Path(tmp) / 'demo.db'}"
         # A table of its own, dropped at the end, so a given --db-url is left as it was.
@@ -491,9 +495,11 @@ def _play(silo: Silo, settings: MsiloSettings, console: Console, temporary: bool
     console.rule(f"libmsilo demo (store: {where})")
     console.print("1. bob sends alice a MESSAGE while she is offline; m_store keeps it")
     first = silo.store(_demo_request(1, "Hi Alice, are you there?"))
-    console.print(f"   stored as mid {first.mid}; the offline notice bob gets back:")
+    console.print(f"   stored as mid {first.mid}; m_store also returns an offline notice for bob:")
     if first.notice is not None:
+        console.rule("offline notice", style="dim")
         console.print(_sip_text(first.notice), markup=False, soft_wrap=True)
+        console.rule(style="dim")
     second = silo.store(_demo_request(2, "Call me when you are back."))
     console.print(f"2. a second MESSAGE: stored as mid {second.mid}")
     reminder = silo.store(

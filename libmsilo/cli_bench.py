@@ -50,7 +50,11 @@ def results_tables(report: BenchReport) -> list[Table]:
                 verdict,
             )
         for op in ("dump", "sweep", "purge"):
-            per = {m.table_rows: m.lib_median / max(1, m.items) * 1e6 for m in b.measurements if m.op == op}
+            per = {
+                m.table_rows: m.lib_median / max(1, m.items) * 1e6
+                for m in b.measurements
+                if m.op == op
+            }
             if per:
                 scaling.add_row(label, op, *(f"{per[s]:.1f}" if s in per else "-" for s in sizes))
     return [ratios, scaling]
@@ -84,7 +88,9 @@ def bench(
     ] = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Rounds per side.")] = 3,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart PNG.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON.")
+    ] = None,
 ) -> None:
     """Measure libmsilo against hand-written code on the bare database clients."""
     console = Console(highlight=False)

@@ -1,4 +1,4 @@
-"""The ``msilo`` command, through typer's CliRunner, on SQLite files (and memory:// where it fits)."""
+"""The ``msilo`` command, via typer's CliRunner, on SQLite files (and memory:// where it fits)."""
 
 from __future__ import annotations
 
@@ -263,8 +263,10 @@ def test_config_errors(tmp_path: Path) -> None:
     ("args", "expect"),
     [
         (("store", "--from", "not a uri", "--to", ALICE, "--body", "x"), "Invalid"),
-        (("store", "--from", "sip:b@x.org", "--to", ALICE, "--body", "x", "--send-at", "2024"),
-         "InvalidSendTime"),  # fmt: skip
+        (
+            ("store", "--from", "sip:b@x.org", "--to", ALICE, "--body", "x", "--send-at", "2024"),
+            "InvalidSendTime",
+        ),
         (("inbox", "bob@example.com"), "InvalidURI"),
         (("inbox", ALICE, "--profile", "asterisk"), "SettingsError"),
         (("inbox", ALICE, "--timezone", "Mars/Olympus"), "SettingsError"),
@@ -325,5 +327,7 @@ def test_demo_on_memory() -> None:
     assert "inbox is empty" in ok("demo", "--db-url", "memory://")
 
 
-def test_demo_unreachable_database() -> None:
-    assert "StorageUnavailable" in fails("demo", "--db-url", "postgresql+psycopg://root@127.0.0.1:1/x")
+@pytest.mark.parametrize("command", ["demo", "init"])
+def test_unreachable_database_when_creating_the_schema(command: str) -> None:
+    line = fails(command, "--db-url", "postgresql+psycopg://root@127.0.0.1:1/x")
+    assert "Storage" in line and "127.0.0.1" in line

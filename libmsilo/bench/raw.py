@@ -41,7 +41,9 @@ class RawStore(Protocol):
     def store(self, row: tuple[str, str, str, str, bytes, str], now: int) -> int:
         """Insert one message (quota off) and return its id."""
 
-    def dump(self, username: str, domain: str, now: int, lease: int, token: str) -> list[RawMessage]:
+    def dump(
+        self, username: str, domain: str, now: int, lease: int, token: str
+    ) -> list[RawMessage]:
         """Claim the owner's deliverable messages (lease them) and render each."""
 
     def reply_ok(self, mid: int) -> None:

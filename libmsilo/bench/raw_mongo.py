@@ -110,9 +110,9 @@ class RawMongo:
     def server_version(self) -> str:
         """The server's version (mongomock's own for the fake)."""
         if self.client == "mongomock":
-            import mongomock
+            from importlib.metadata import version
 
-            return f"mongomock {mongomock.__version__}"
+            return f"mongomock {version('mongomock')}"
         return str(self._client.server_info().get("version", "?"))
 
     def store(self, row: tuple[str, str, str, str, bytes, str], now: int) -> int:
@@ -131,7 +131,9 @@ class RawMongo:
         )
         return list(self.rows.find({**flt, "lease_token": token}, sort=[("_id", ASCENDING)]))
 
-    def dump(self, username: str, domain: str, now: int, lease: int, token: str) -> list[RawMessage]:
+    def dump(
+        self, username: str, domain: str, now: int, lease: int, token: str
+    ) -> list[RawMessage]:
         """update_many leases the owner's rows; find reads them back by token."""
         flt = {"username": username, "domain": domain, "snd_time": 0, "exp_time": {"$gt": now}}
         return [

@@ -98,6 +98,10 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def _ints(reply: Any) -> list[int]:
+    return [int(v) for v in reply]
+
+
 def _by_group(mids: Sequence[int]) -> dict[int, list[int]]:
     groups: dict[int, list[int]] = defaultdict(list)
     for mid in mids:
@@ -178,11 +182,14 @@ class RawRedis:
         pipe.execute()
         return mid
 
-    def dump(self, username: str, domain: str, now: int, lease: int, token: str) -> list[RawMessage]:
+    def dump(
+        self, username: str, domain: str, now: int, lease: int, token: str
+    ) -> list[RawMessage]:
         """One script leases the owner's deliverable messages."""
         group = _group(username, domain)
         rows = self._claim(
-            keys=[self._queue(username, domain)], args=[self._base(group) + b"m:", now, lease, token]
+            keys=[self._queue(username, domain)],
+            args=[self._base(group) + b"m:", now, lease, token],
         )
         return [
             render_dump(
@@ -201,7 +208,7 @@ class RawRedis:
 
     def sweep(self, now: int, lease: int, token: str) -> list[RawMessage]:
         """Read the due ids, then one pipeline of per-group claims."""
-        mids = [int(m) for m in self.r.zrangebyscore(self.rem, "-inf", now)]
+        mids = _ints(self.r.zrangebyscore(self.rem, "-inf", now))
         pipe = self.r.pipeline(transaction=False)
         for group_mids in _by_group(mids).values():
             keys = [self._msg(m) for m in group_mids]
@@ -219,7 +226,7 @@ class RawRedis:
     def purge(self, now: int) -> int:
         """Read the expired ids, then per chunk one pipeline: per-group deletes, index removal."""
         total = 0
-        mids = [int(m) for m in self.r.zrangebyscore(self.exp, "-inf", now)]
+        mids = _ints(self.r.zrangebyscore(self.exp, "-inf", now))
         for chunk in _chunks(mids, 5000):
             pipe = self.r.pipeline(transaction=False)
             for group, group_mids in _by_group(chunk).items():

@@ -126,7 +126,9 @@ class RawSQLite(_RawSQL):
         cur = self.conn.execute(self.insert_sql, (*row, now, now + 259200, 0))
         return int(cur.lastrowid or 0)
 
-    def dump(self, username: str, domain: str, now: int, lease: int, token: str) -> list[RawMessage]:
+    def dump(
+        self, username: str, domain: str, now: int, lease: int, token: str
+    ) -> list[RawMessage]:
         """One UPDATE … RETURNING leases the owner's rows."""
         rows = self.conn.execute(self.claim_sql, (token, lease, username, domain, now, now))
         return self._dumped(rows.fetchall())
@@ -183,13 +185,13 @@ class RawPostgres(_RawSQL):
         """COPY … FROM STDIN."""
         with self.conn.cursor() as cur:
             sql = f"COPY {self.table} ({', '.join(COLUMNS)}) FROM STDIN"
-            with cur.copy(sql) as copy:  # type: ignore[arg-type]  # built from checked names
+            with cur.copy(sql) as copy:  # built from checked names
                 for row in rows:
                     copy.write_row(row)
 
     def analyze(self) -> None:
         """ANALYZE the table: the planner must know about the seeded rows."""
-        self.conn.execute(f"ANALYZE {self.table}")  # type: ignore[arg-type]
+        self.conn.execute(f"ANALYZE {self.table}")
 
     def server_version(self) -> str:
         """The server's version string."""
@@ -198,27 +200,29 @@ class RawPostgres(_RawSQL):
 
     def store(self, row: tuple[str, str, str, str, bytes, str], now: int) -> int:
         """One INSERT … RETURNING mid."""
-        cur = self.conn.execute(self.insert_returning, (*row, now, now + 259200, 0))  # type: ignore[arg-type]
+        cur = self.conn.execute(self.insert_returning, (*row, now, now + 259200, 0))
         found = cur.fetchone()
         return int(found[0]) if found else 0
 
-    def dump(self, username: str, domain: str, now: int, lease: int, token: str) -> list[RawMessage]:
+    def dump(
+        self, username: str, domain: str, now: int, lease: int, token: str
+    ) -> list[RawMessage]:
         """One statement leases the owner's rows."""
-        cur = self.conn.execute(self.claim_sql, (token, lease, username, domain, now, now))  # type: ignore[arg-type]
+        cur = self.conn.execute(self.claim_sql, (token, lease, username, domain, now, now))
         return self._dumped(cur.fetchall())
 
     def reply_ok(self, mid: int) -> None:
         """DELETE the row."""
-        self.conn.execute(self.delete_sql, (mid,))  # type: ignore[arg-type]
+        self.conn.execute(self.delete_sql, (mid,))
 
     def sweep(self, now: int, lease: int, token: str) -> list[RawMessage]:
         """One statement leases the due reminders."""
-        cur = self.conn.execute(self.sweep_sql, (token, lease, now, now, now))  # type: ignore[arg-type]
+        cur = self.conn.execute(self.sweep_sql, (token, lease, now, now, now))
         return self._reminded(cur.fetchall())
 
     def purge(self, now: int) -> int:
         """One DELETE."""
-        return self.conn.execute(self.purge_sql, (now,)).rowcount  # type: ignore[arg-type]
+        return self.conn.execute(self.purge_sql, (now,)).rowcount
 
     def close(self) -> None:
         """Close the connection."""
@@ -300,7 +304,9 @@ class RawMySQL(_RawSQL):
                 raise
         return rows
 
-    def dump(self, username: str, domain: str, now: int, lease: int, token: str) -> list[RawMessage]:
+    def dump(
+        self, username: str, domain: str, now: int, lease: int, token: str
+    ) -> list[RawMessage]:
         """SELECT … FOR UPDATE SKIP LOCKED, UPDATE the lease, COMMIT."""
         return self._dumped(self._claim(self.claim_sql, (username, domain, now, now), token, lease))
 

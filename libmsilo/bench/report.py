@@ -131,9 +131,7 @@ def write_png(report: BenchReport, path: str | os.PathLike[str]) -> None:
     for i, b in enumerate(report.backends):
         ratios = []
         for op in ops:
-            found = [
-                m for m in b.measurements if m.op == op and m.table_rows in (0, smallest)
-            ]
+            found = [m for m in b.measurements if m.op == op and m.table_rows in (0, smallest)]
             ratios.append(found[0].ratio if found else 0.0)
         xs = [k + (i - (len(report.backends) - 1) / 2) * width for k in range(len(ops))]
         left.bar(xs, ratios, width, label=_label(b))
@@ -148,9 +146,7 @@ def write_png(report: BenchReport, path: str | os.PathLike[str]) -> None:
     for b in report.backends:
         for op, style in (("dump", "-o"), ("purge", "--s")):
             points = sorted(
-                (m.table_rows, m.lib_median / max(1, m.items))
-                for m in b.measurements
-                if m.op == op
+                (m.table_rows, m.lib_median / max(1, m.items)) for m in b.measurements if m.op == op
             )
             if points:
                 right.plot(

@@ -46,7 +46,7 @@ from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
 
-__all__ = ["BUCKETS", "GROUPS", "RedisDriver", "open_redis"]
+__all__ = ["BUCKETS", "GROUPS", "RedisDriver", "open_redis", "owner_group"]
 
 log = logging.getLogger("libmsilo")
 
