@@ -13,8 +13,8 @@ What is compared:
   parameters split out. (sipmessage also percent-decodes the user part; the URI has no escapes, so
   that is no work for either side. sipmessage has no ``?headers`` support, hence none in the URI.)
 * ``message``: the work an msilo store needs from a ~500-byte MESSAGE: parse the request, then
-  take the From and To URIs, the Content-Type value and the body.
-  libmsilo: ``SipRequest.parse`` + ``from_addr.uri`` + ``to_addr.uri`` + ``content_type`` + ``body``;
+  take the From and To URIs, the Content-Type value and the body. libmsilo:
+  ``SipRequest.parse`` + ``from_addr.uri`` + ``to_addr.uri`` + ``content_type`` + ``body``;
   sipmessage: ``Message.parse`` + ``from_address.uri`` + ``to_address.uri`` +
   ``headers.get("Content-Type")`` + ``body``. The raw Content-Type string is taken from sipmessage
   because libmsilo's ``content_type`` is the raw value too (sipmessage's ``content_type``
@@ -86,7 +86,13 @@ def msilo_message_ruri() -> tuple[object, ...]:
 def sipmessage_message_ruri() -> tuple[object, ...]:
     msg = sipmessage.Message.parse(MESSAGE)
     assert isinstance(msg, sipmessage.Request)
-    return msg.uri, msg.from_address.uri, msg.to_address.uri, msg.headers.get("Content-Type"), msg.body
+    return (
+        msg.uri,
+        msg.from_address.uri,
+        msg.to_address.uri,
+        msg.headers.get("Content-Type"),
+        msg.body,
+    )
 
 
 def _uri_parts(uri: object) -> tuple[object, ...]:
@@ -132,8 +138,8 @@ def measure(repeat: int, number: int) -> list[tuple[str, float, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--repeat", type=int, default=25, help="rounds; the best one counts")
-    parser.add_argument("--number", type=int, default=400, help="calls per batch")
+    parser.add_argument("--repeat", type=int, default=60, help="rounds; the best one counts")
+    parser.add_argument("--number", type=int, default=200, help="calls per batch")
     args = parser.parse_args(argv)
     check_equivalent()
     print(

@@ -1,4 +1,4 @@
-"""SIP requests coming in (:class:`SipRequest`) and MESSAGE requests going out (:class:`OutgoingMessage`).
+"""SIP requests coming in (:class:`SipRequest`) and MESSAGE requests going out.
 
 A ``SipRequest`` is either built from fields by the host's SIP stack or parsed from raw bytes
 (RFC 3261 §7). Header values are kept as text; the few the library reads (From, To, Contact,
@@ -62,9 +62,28 @@ _COMPACT = {
     "y": "identity",
 }
 
+# Header names as user agents usually spell them, mapped to the lookup key, so that the parser can
+# skip the token check and case folding for them (a name found here is a valid token).
+_COMMON_NAMES = (
+    "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow",
+    "Allow-Events", "Authorization", "Call-ID", "Call-Id", "Call-Info", "Contact",
+    "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
+    "Content-Type", "CSeq", "Date", "Event", "Expires", "From", "History-Info", "Identity",
+    "In-Reply-To", "Max-Forwards", "Min-Expires", "MIME-Version", "Organization", "Path",
+    "P-Asserted-Identity", "P-Preferred-Identity", "Priority", "Privacy", "Proxy-Authorization",
+    "Proxy-Require", "Reason", "Record-Route", "Refer-To", "Referred-By", "Reply-To", "Require",
+    "Route", "Server", "Session-Expires", "Subject", "Supported", "Timestamp", "To",
+    "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate",
+)  # fmt: skip
+_KNOWN_KEYS = {name: name.lower() for name in _COMMON_NAMES}
+_KNOWN_KEYS.update({name.lower(): name.lower() for name in _COMMON_NAMES})
+_KNOWN_KEYS.update(_COMPACT)
+_KNOWN_KEYS.update({letter.upper(): key for letter, key in _COMPACT.items()})
+
 # token = 1*( alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-# Request-URI = SIP-URI / SIPS-URI / absoluteURI; scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+# Request-URI = SIP-URI / SIPS-URI / absoluteURI
+# scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
 _RURI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\x00-\x20\x7f]*")
 # Request-Line = Method SP Request-URI SP SIP-Version; SIP-Version = "SIP/2.0", case-insensitive
 _REQUEST_LINE = re.compile(
@@ -226,7 +245,7 @@ class SipRequest:
         _SET_ORIGINAL_RURI(self, ruri if original_ruri is None else original_ruri)
         _SET_HEADERS(self, headers)
         _SET_BODY(self, body)
-        _SET_AVPS(self, _freeze_avps(avps))
+        _SET_AVPS(self, _freeze_avps(avps) if avps else _NO_VALUES)
         _SET_VARS(self, MappingProxyType(dict(vars)) if vars else _NO_VALUES)
         _SET_SOURCE(self, source)
         _SET_DST_URI(self, dst_uri)
@@ -268,16 +287,16 @@ class SipRequest:
         index: dict[str, list[str]] = {}
         for line in islice(lines, 1, None):
             # message-header = field-name HCOLON field-value; HCOLON = *(SP / HTAB) ":" SWS
-            name, _, value = line.partition(":")
-            if _TOKEN.fullmatch(name) is None:
+            name, colon, value = line.partition(":")
+            key = _KNOWN_KEYS.get(name)
+            if key is None or not colon:
                 if line[:1] in (" ", "\t"):
                     _fold(line, fields, index)
                     continue
                 name = _field_name(line)
+                key = _canonical(name)
             value = value.strip(" \t")
             fields.append((name, value))
-            key = name.lower()
-            key = _COMPACT.get(key, key)
             values = index.get(key)
             if values is None:
                 index[key] = [value]

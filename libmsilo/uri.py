@@ -1,15 +1,16 @@
 """SIP, SIPS and TEL URIs and name-addr values (RFC 3261 §19.1, §20.10, §25.1; RFC 3966).
 
 A small scanner, not one big regular expression: the text is cut into its parts with ``str``
-methods and each part is checked against the character set of the RFC rule it implements, cited
-beside the branch. Regular expressions appear only as single-rule character classes. Any ``str``
-input either parses or raises :class:`~libmsilo.errors.InvalidURI` with the offset of the offending
-character; nothing else escapes.
+methods, and each part is checked against the RFC rule it implements, cited beside the branch.
+Regular expressions appear only for single rules (a character set, ``hostname``, ``port``, a
+quoted string without escapes). Any ``str`` input either parses or raises
+:class:`~libmsilo.errors.InvalidURI` with the offset of the offending character; nothing else
+escapes, and the work per call is bounded by a length limit and linear-time matching.
 
 Deliberate deviations from the grammar, each to accept traffic that real user agents send:
 
-* whitespace just inside ``<`` and ``>`` is ignored (RFC 3261 has none there, but the rule is
-  broken often enough that RFC 4475 §3.1.1.1 parsers are expected to cope with odd LWS);
+* white space just inside ``<`` and ``>`` is ignored (RFC 3261 has none there; some user agents
+  send it, and dropping it loses nothing);
 * an unquoted display name may hold non-ASCII letters (``Jörg <sip:j@example.com>``) and need not
   be followed by whitespace before ``<``;
 * a TEL local number without ``phone-context`` is accepted (RFC 3966 §5.1.5 says MUST; short codes
@@ -40,8 +41,8 @@ MAX_URI_LENGTH = 4096
 MAX_ADDRESS_LENGTH = 8192
 """Longest name-addr or Contact list text accepted (one header line)."""
 
-# ---- character sets, RFC 3261 §25.1 ----------------------------------------------------------
-# Every set includes "%": an escape is "%" HEXDIG HEXDIG, checked once for the whole text.
+# ---- rules, RFC 3261 §25.1 -------------------------------------------------------------------
+# Every set includes "%": an escape is "%" HEXDIG HEXDIG, checked once for the whole URI.
 _ALPHANUM = "A-Za-z0-9"
 _MARK = r"\-_.!~*'()"  # mark = "-" / "_" / "." / "!" / "~" / "*" / "'" / "(" / ")"
 _UNRESERVED = _ALPHANUM + _MARK  # unreserved = alphanum / mark
@@ -66,7 +67,6 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _HOSTNAME = re.compile(
     r"(?:[A-Za-z0-9]++(?:-++[A-Za-z0-9]++)*+\.)*[A-Za-z][A-Za-z0-9]*+(?:-++[A-Za-z0-9]++)*+\.?"
 )
-_HOST_CHARS = re.compile(rf"[{_ALPHANUM}.\-]+")  # only to point at a bad character
 _IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
 _HEX4 = re.compile(r"[0-9A-Fa-f]{1,4}")  # hex4 = 1*4HEXDIG
 _PORT = re.compile(r"[0-9]{1,5}")  # port = 1*DIGIT (five are enough for 65535)
@@ -78,12 +78,15 @@ _DISPLAY_WORD = re.compile(rf"[{_TOKEN_CHARS}\xa0-\U0010ffff]+")  # not the C1 c
 _DISPLAY_PLAIN = re.compile(rf"[{_TOKEN_CHARS}]+(?: [{_TOKEN_CHARS}]+)*")
 # The usual shape of header params: SEMI generic-param with no LWS, quoted string or IPv6 value.
 _PLAIN_PARAMS = re.compile(rf"(?:;[{_TOKEN_CHARS}]++(?:=[{_TOKEN_CHARS}]++)?+)*+")
+_ONE_PARAM = re.compile(rf";([{_TOKEN_CHARS}]++)(?:=([{_TOKEN_CHARS}]++))?+")
 # RFC 3966 §3: phonedigit = DIGIT / visual-separator; phonedigit-hex adds HEXDIG "*" "#".
 _GLOBAL_DIGITS = re.compile(r"\+[0-9\-.()]*")
 _LOCAL_DIGITS = re.compile(r"[0-9A-Fa-f*#\-.()]+")
 _PHONEDIGITS = re.compile(r"[0-9\-.()]+")
 _PHONEDIGITS_HEX = _LOCAL_DIGITS
 _TEL_PNAME = re.compile(rf"[{_ALPHANUM}\-]+")  # RFC 3966: pname = 1*( alphanum / "-" )
+# A quoted string without quoted-pair or control character: the common case, one match.
+_PLAIN_QUOTED = re.compile(r'"([^"\\\x00-\x08\x0a-\x1f\x7f]*)"')
 # qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII: no control character but HTAB, which
 # is LWS (a quoted-pair may escape some, but a header line cannot carry CR, LF or NUL anyway).
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -238,10 +241,8 @@ class NameAddr:
 
 def parse_uri(text: str) -> URI:
     """Parse a SIP, SIPS or TEL URI; raise :class:`InvalidURI` on any error."""
-    if not isinstance(text, str):
-        raise InvalidURI(f"URI must be a str, not {type(text).__name__}")
-    if len(text) > MAX_URI_LENGTH:
-        raise InvalidURI(f"URI longer than {MAX_URI_LENGTH} characters", text[:64] + "...")
+    if type(text) is not str or len(text) > MAX_URI_LENGTH:
+        _check_text(text, MAX_URI_LENGTH, "URI")
     # No control-character scan: no rule of the URI grammar admits one, so every part's
     # character check refuses them.
     try:
@@ -255,14 +256,13 @@ def parse_name_addr(text: str) -> NameAddr:
 
     Without ``<>`` the parameters after the URI are header parameters (RFC 3261 §20.10).
     """
-    _check_text(text, MAX_ADDRESS_LENGTH, "address")
+    if type(text) is not str or len(text) > MAX_ADDRESS_LENGTH:
+        _check_text(text, MAX_ADDRESS_LENGTH, "address")
     try:
-        value, pos = _name_addr(text, 0, len(text), False)
+        # Outside a list, _name_addr consumes the whole text or fails.
+        return _name_addr(text, 0, len(text), False)[0]
     except _Fail as exc:
         raise InvalidURI(exc.message, text, exc.position) from None
-    if pos != len(text):  # pragma: no cover - _header_params consumes to the end or fails
-        raise InvalidURI("unexpected text after the address", text, pos)
-    return value
 
 
 def parse_contact_list(text: str) -> tuple[NameAddr, ...] | None:
@@ -295,6 +295,7 @@ def aor(uri: URI) -> tuple[str, str]:
 
 
 def _check_text(text: object, limit: int, what: str) -> None:
+    """Refuse what is no str or too long (str subclasses are fine)."""
     if not isinstance(text, str):
         raise InvalidURI(f"{what} must be a str, not {type(text).__name__}")
     if len(text) > limit:
@@ -314,10 +315,12 @@ def _bad_char(text: str, start: int, end: int, allowed: re.Pattern[str], what: s
     return _Fail(f"invalid character in {what}", pos)
 
 
-# The parser has validated every part already, so it fills the slots directly: the generated
+# On the hot paths the parser fills the slots of the values it builds directly: the generated
 # __init__ of a frozen dataclass routes each field through object.__setattr__, which doubles the
-# cost of building the value on the hot path.
-def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[object, object], None], ...]:
+# cost of building the value, and the parser has validated every part already.
+def _slot_setters(
+    cls: type, names: tuple[str, ...]
+) -> tuple[Callable[[object, object], None], ...]:
     return tuple(cls.__dict__[name].__set__ for name in names)
 
 
@@ -326,36 +329,6 @@ _U_SCHEME, _U_USER, _U_PASSWORD, _U_HOST, _U_PORT, _U_PARAMS, _U_HEADERS = _slot
     URI, ("scheme", "user", "password", "host", "port", "params", "headers")
 )
 _N_URI, _N_DISPLAY, _N_PARAMS = _slot_setters(NameAddr, ("uri", "display_name", "params"))
-
-
-def _new_uri(
-    scheme: str,
-    user: str | None,
-    password: str | None,
-    host: str,
-    port: int | None,
-    params: tuple[tuple[str, str | None], ...],
-    headers: tuple[tuple[str, str], ...],
-) -> URI:
-    uri: URI = _new_object(URI)
-    _U_SCHEME(uri, scheme)
-    _U_USER(uri, user)
-    _U_PASSWORD(uri, password)
-    _U_HOST(uri, host)
-    _U_PORT(uri, port)
-    _U_PARAMS(uri, params)
-    _U_HEADERS(uri, headers)
-    return uri
-
-
-def _new_name_addr(
-    uri: URI, display: str | None, params: tuple[tuple[str, str | None], ...]
-) -> NameAddr:
-    value: NameAddr = _new_object(NameAddr)
-    _N_URI(value, uri)
-    _N_DISPLAY(value, display)
-    _N_PARAMS(value, params)
-    return value
 
 
 def _uri(text: str, start: int, end: int) -> URI:
@@ -375,97 +348,95 @@ def _uri(text: str, start: int, end: int) -> URI:
         bad = _BAD_ESCAPE.search(text, pos, end)
         if bad is not None:  # escaped = "%" HEXDIG HEXDIG (RFC 3261 §25.1)
             raise _Fail("malformed %-escape", bad.start())
-    if scheme == "sip" or scheme == "sips":
-        return _sip_uri(text, scheme, pos, end)
-    if scheme == "tel":
-        return _tel_uri(text, pos, end)
-    raise _Fail(f"unsupported URI scheme {text[start : pos - 1]!r}", start)
+    if scheme != "sip" and scheme != "sips":
+        if scheme == "tel":
+            return _tel_uri(text, pos, end)
+        raise _Fail(f"unsupported URI scheme {text[start : pos - 1]!r}", start)
 
-
-def _sip_uri(text: str, scheme: str, start: int, end: int) -> URI:
     # SIP-URI = "sip:" [ userinfo ] hostport uri-parameters [ headers ]   (RFC 3261 §25.1)
     user: str | None = None
     password: str | None = None
-    pos = start
     # "@" is in no character set after the userinfo, so the first one ends it; a user may hold
     # ";" and "?" (sip:alice;day=tuesday@atlanta.com), which is why "@" is looked for first.
-    at = text.find("@", start, end)
+    at = text.find("@", pos, end)
     if at >= 0:
         # userinfo = ( user / telephone-subscriber ) [ ":" password ] "@"
-        colon = text.find(":", start, at)
+        colon = text.find(":", pos, at)
         uend = at if colon < 0 else colon
-        if _USER.fullmatch(text, start, uend) is None:
-            if uend == start:
-                raise _Fail("empty user part", start)
-            raise _bad_char(text, start, uend, _USER, "user part")
-        user = text[start:uend]
+        if _USER.fullmatch(text, pos, uend) is None:
+            if uend == pos:
+                raise _Fail("empty user part", pos)
+            raise _bad_char(text, pos, uend, _USER, "user part")
+        user = text[pos:uend]
         if colon >= 0:
             if _PASSWORD.fullmatch(text, colon + 1, at) is None:
                 raise _bad_char(text, colon + 1, at, _PASSWORD, "password")
             password = text[colon + 1 : at]
         pos = at + 1
-    # headers = "?" header *( "&" header ): "?" is in no set between host and headers.
-    qmark = text.find("?", pos, end)
-    pend = end if qmark < 0 else qmark
-    semi = text.find(";", pos, pend)
-    hend = pend if semi < 0 else semi
-    # hostport = host [ ":" port ]; host = hostname / IPv4address / IPv6reference
-    port: int | None = None
-    if pos < hend and text[pos] == "[":
-        host, port = _ipv6_hostport(text, pos, hend)
+
+    # hostport = host [ ":" port ]; host = hostname / IPv4address / IPv6reference. The host is
+    # matched from its start; the character after it tells what follows (":", ";", "?", end).
+    if pos < end and text[pos] == "[":
+        host, pos = _ipv6_reference(text, pos, end)
     else:
-        colon = text.find(":", pos, hend)
-        if colon < 0:
-            host = text[pos:hend]
-        else:
-            host = text[pos:colon]
-            if _PORT.fullmatch(text, colon + 1, hend) is None:
-                raise _Fail("invalid port", colon + 1)
-            port = int(text[colon + 1 : hend])
-            if not 0 < port <= 65535:
-                raise _Fail("port out of range 1..65535", colon + 1)
-        if _HOSTNAME.fullmatch(host) is None and not _is_ipv4(host):
-            if not host:
-                raise _Fail("missing host", pos)
-            if _HOST_CHARS.fullmatch(host) is None:
-                raise _bad_char(text, pos, pos + len(host), _HOST_CHARS, "host")
-            raise _Fail("invalid host name or IPv4 address", pos)
-    params = () if semi < 0 else _uri_params(text, semi + 1, pend)
-    headers = () if qmark < 0 else _uri_headers(text, qmark + 1, end)
-    return _new_uri(scheme, user, password, host, port, params, headers)
+        m = _HOSTNAME.match(text, pos, end)
+        if m is None:
+            m = _IPV4.match(text, pos, end)
+            if m is None or not _octets_ok(m.group()):
+                missing = pos == end or text[pos] in ":;?"
+                raise _Fail("missing host" if missing else "invalid host", pos)
+        host, pos = m.group(), m.end()
+    port: int | None = None
+    if pos < end and text[pos] == ":":
+        m = _PORT.match(text, pos + 1, end)
+        if m is None:
+            raise _Fail("invalid port", pos + 1)
+        port = int(m.group())
+        if not 0 < port <= 65535:
+            raise _Fail("port out of range 1..65535", pos + 1)
+        pos = m.end()
+    params: tuple[tuple[str, str | None], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    if pos < end:
+        if text[pos] == ";":
+            # headers = "?" header *( "&" header ): "?" is in no set of uri-parameters.
+            qmark = text.find("?", pos, end)
+            pend = end if qmark < 0 else qmark
+            params = _uri_params(text, pos + 1, pend)
+            pos = pend
+        if pos < end:
+            if text[pos] != "?":
+                raise _Fail("invalid character after the host", pos)
+            headers = _uri_headers(text, pos + 1, end)
+
+    uri: URI = _new_object(URI)  # see _slot_setters
+    _U_SCHEME(uri, scheme)
+    _U_USER(uri, user)
+    _U_PASSWORD(uri, password)
+    _U_HOST(uri, host)
+    _U_PORT(uri, port)
+    _U_PARAMS(uri, params)
+    _U_HEADERS(uri, headers)
+    return uri
 
 
-def _ipv6_hostport(text: str, start: int, end: int) -> tuple[str, int | None]:
+def _ipv6_reference(text: str, start: int, end: int) -> tuple[str, int]:
     # IPv6reference = "[" IPv6address "]"
     close = text.find("]", start, end)
     if close < 0:
         raise _Fail("unterminated IPv6 reference", start)
     if not _is_ipv6(text[start + 1 : close]):
         raise _Fail("invalid IPv6 address", start + 1)
-    host = text[start : close + 1]
-    after = close + 1
-    if after == end:
-        return host, None
-    if text[after] != ":":
-        raise _Fail("unexpected character after IPv6 reference", after)
-    return host, _port(text, after + 1, end)
+    return text[start : close + 1], close + 1
 
 
-def _port(text: str, start: int, end: int) -> int:
-    # port = 1*DIGIT; the value must fit in 16 bits, and 0 addresses nothing.
-    if _PORT.fullmatch(text, start, end) is None:
-        raise _Fail("invalid port", start)
-    port = int(text[start:end])
-    if not 0 < port <= 65535:
-        raise _Fail("port out of range 1..65535", start)
-    return port
+def _octets_ok(text: str) -> bool:
+    return all(int(octet) <= 255 for octet in text.split("."))
 
 
 def _is_ipv4(text: str) -> bool:
     # IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT, each octet at most 255
-    if _IPV4.fullmatch(text) is None:
-        return False
-    return all(int(octet) <= 255 for octet in text.split("."))
+    return _IPV4.fullmatch(text) is not None and _octets_ok(text)
 
 
 def _is_ipv6(text: str) -> bool:
@@ -558,7 +529,7 @@ def _tel_uri(text: str, start: int, end: int) -> URI:
         if _TEL_PNAME.fullmatch(name) is None:
             raise _Fail("invalid TEL parameter name", pos)
         pos += len(name) + 1 + (0 if value is None else len(value) + 1)
-    return _new_uri("tel", text[start:nend], None, "", None, params, ())
+    return URI("tel", text[start:nend], None, "", None, params)
 
 
 # ---- name-addr (RFC 3261 §20.10, §25.1) ------------------------------------------------------
@@ -573,15 +544,10 @@ def _skip_ws(text: str, pos: int, end: int) -> int:
 
 def _quoted_string(text: str, pos: int, end: int) -> tuple[str, int]:
     """quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE; returns (unescaped, after)."""
+    plain = _PLAIN_QUOTED.match(text, pos, end)
+    if plain is not None:
+        return plain.group(1), plain.end()
     start = pos + 1
-    quote = text.find('"', start, end)
-    if quote < 0:
-        raise _Fail("unterminated quoted string", pos)
-    if text.find("\\", start, quote) < 0:
-        bad = _CONTROL.search(text, start, quote)
-        if bad is not None:
-            raise _Fail("control character in quoted string", bad.start())
-        return text[start:quote], quote + 1
     # quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F): the next character stands for itself.
     parts: list[str] = []
     pos = start
@@ -641,7 +607,11 @@ def _name_addr(text: str, pos: int, end: int, in_list: bool) -> tuple[NameAddr, 
             uend -= 1
     uri = _uri(text, ustart, uend)
     params, pos = _header_params(text, close + 1, end, in_list)
-    return _new_name_addr(uri, display, params), pos
+    value: NameAddr = _new_object(NameAddr)  # see _slot_setters
+    _N_URI(value, uri)
+    _N_DISPLAY(value, display)
+    _N_PARAMS(value, params)
+    return value, pos
 
 
 def _display_words(text: str, word: re.Match[str], end: int) -> tuple[str, int]:
@@ -668,7 +638,7 @@ def _addr_spec(text: str, pos: int, end: int, in_list: bool) -> tuple[NameAddr, 
         raise _Fail("a URI with headers must be enclosed in <>", qmark)
     uri = _uri(text, pos, uend)
     params, pos = _header_params(text, uend, end, in_list)
-    return _new_name_addr(uri, None, params), pos
+    return NameAddr(uri, None, params), pos
 
 
 def _header_params(
@@ -677,6 +647,9 @@ def _header_params(
     # *( SEMI generic-param ) up to the end of the text, or of the contact in a list.
     if pos >= end:
         return (), pos
+    one = _ONE_PARAM.fullmatch(text, pos, end)
+    if one is not None:  # the most common case of all: ";tag=..." alone
+        return ((one[1], one[2]),), end
     stop = _PLAIN_PARAMS.match(text, pos, end).end()  # type: ignore[union-attr]  # matches ""
     if stop == end or (in_list and text[stop] == ","):
         if stop == pos:

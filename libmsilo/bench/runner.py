@@ -34,7 +34,9 @@ log = logging.getLogger("libmsilo")
 
 Progress = Callable[[str], None]  # called once per finished step, with what comes next
 
-# The store, dump and sweep goals of the brief: libmsilo / raw at most this (reported only).
+WARMUP_STORES = 100  # unmeasured stores per side before the store rounds
+
+# The store and dump goals of the brief: libmsilo / raw at most this (reported only).
 GOALS = {"sqlite": 1.5, "postgresql": 1.25, "mysql": 1.25, "redis": 1.25}
 
 
@@ -112,7 +114,7 @@ class BackendResult:
 
 def total_steps(config: BenchConfig) -> int:
     """How many times :func:`run_backend` calls ``progress`` over all URLs."""
-    per_scale = 1 + config.repeat
+    per_scale = 2 + config.repeat  # seeding, warm-up, rounds
     return len(config.urls) * (1 + config.repeat + len(config.scales) * per_scale)
 
 
@@ -269,6 +271,10 @@ class _Run:
         rows = wl.store_rows(cfg.messages, cfg.owners)
         m = Measurement("store", cfg.messages, 0)
         silo, raw = self.lib.silo, self.raw
+        # Warm-up, not measured: connections, prepared statements, scripts, caches.
+        for req, row in list(zip(requests, rows, strict=True))[:WARMUP_STORES]:
+            silo.store(req)
+            raw.store(row, int(time.time()))
         for round_ in range(cfg.repeat):
             for side in self._order(round_):
                 if side == "lib":
@@ -302,13 +308,16 @@ class _Run:
         dump = Measurement("dump", cfg.queued, rows)
         sweep = Measurement("sweep", cfg.reminders, rows)
         purge = Measurement("purge", expired, rows)
-        for round_ in range(cfg.repeat):
+        warmup = [Measurement(m.op, m.items, rows) for m in (dump, sweep, purge)]
+        for round_ in range(-1, cfg.repeat):  # round -1 warms up and is not reported
+            into = warmup if round_ < 0 else [dump, sweep, purge]
             for side in self._order(round_):
                 if side == "lib":
-                    self._lib_round(dump, sweep, purge, expired)
+                    self._lib_round(*into, expired)
                 else:
-                    self._raw_round(dump, sweep, purge, expired)
-            self.progress(f"{rows:,} rows: round {round_ + 1}/{cfg.repeat}")
+                    self._raw_round(*into, expired)
+            what = "warm-up" if round_ < 0 else f"round {round_ + 1}/{cfg.repeat}"
+            self.progress(f"{rows:,} rows: {what}")
         return [dump, sweep, purge]
 
     def _seed_round(self, load: Callable[[Iterable[wl.Row]], None], expired: int) -> int:

@@ -65,7 +65,7 @@ def sql_url(url: str) -> sa.URL:
         raise SettingsError(f"db_url: {scheme!r} is not a SQL scheme")
     try:
         return sa.make_url(f"{name}://{rest}")
-    except sa.exc.ArgumentError as exc:
+    except (sa.exc.ArgumentError, ValueError) as exc:
         raise SettingsError(f"db_url: {exc}") from exc
 
 

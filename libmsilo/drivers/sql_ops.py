@@ -57,22 +57,12 @@ class _Sql:
 
 
 def _row(r: Any) -> StoredMessage:
-    body = r[4]
-    return StoredMessage(
-        r[0],
-        r[1],
-        r[2],
-        r[3],
-        body if type(body) is bytes else bytes(body or b""),
-        r[5] or "",
-        r[6],
-        r[7],
-        r[8],
-        r[9],
-        r[10],
-        r[11],
-        r[12],
-    )
+    body, ctype = r[4], r[5]
+    if type(body) is bytes and ctype is not None:
+        return StoredMessage(*r)  # the usual case: columns are selected in field order
+    # NULL body / ctype (OpenSIPS stores body-less requests) read back as empty values
+    body = body if type(body) is bytes else bytes(body or b"")
+    return StoredMessage(*r[:4], body, ctype or "", *r[6:])
 
 
 def _leased(r: Any, token: str, lease_until: int) -> StoredMessage:
