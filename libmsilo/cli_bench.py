@@ -67,7 +67,10 @@ def bench(
         list[str] | None,
         typer.Option(
             "--db-url",
-            help="Backend to measure (repeatable; default: a temporary SQLite file).",
+            help=(
+                "Backend to measure (repeatable; default: a temporary SQLite file). "
+                "mongomock:// is an in-process fake and slow: give it small sizes."
+            ),
             show_default=False,
         ),
     ] = None,

@@ -282,6 +282,11 @@ def test_unreachable_database_is_one_line() -> None:
     assert "StorageUnavailable" in line
 
 
+def test_stats_reports_an_unreachable_store() -> None:
+    line = fails("stats", "--db-url", "postgresql+psycopg://root@127.0.0.1:1/x")
+    assert "StorageUnavailable" in line
+
+
 def test_unknown_scheme_is_one_line() -> None:
     assert "no driver" in fails("stats", "--db-url", "gopher://x/")
 

@@ -207,39 +207,36 @@ class SqlDriver:
             try:
                 result = step(conn)
             except BaseException as exc:
-                self._recover(conn, exc)
+                error = self._fail(conn, exc)
                 if attempt + 1 < _TRIES and is_retryable(exc):
                     time.sleep(random.uniform(0.001, 0.005) * 2**attempt)
                     continue
-                self._raise(exc)
+                if error is exc:
+                    raise
+                raise error from exc
             self._pool.checkin(conn)
             return result
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _recover(self, conn: PooledConnection, exc: BaseException) -> None:
-        """Roll back the failed step's transaction and give the connection back, or drop it."""
-        if isinstance(exc, (sa.exc.SQLAlchemyError, self._dbapi_error, OSError)):
-            lost = isinstance(storage_error(exc, self._dialect, conn), StorageUnavailable)
-        else:
-            lost = not isinstance(exc, (MsiloError, UnicodeError))
-        if not lost:
+    def _fail(self, conn: PooledConnection, exc: BaseException) -> BaseException:
+        """Roll back the failed step and give the connection back (or drop it when lost or in
+        an unknown state); the error to raise for ``exc``."""
+        error: BaseException = exc
+        if isinstance(exc, UnicodeError):
+            error = InvalidRequest(f"text cannot be stored: {exc}")
+        elif isinstance(exc, (sa.exc.SQLAlchemyError, self._dbapi_error, OSError)):
+            error = storage_error(exc, self._dialect, conn)
+        healthy = isinstance(error, MsiloError) and not isinstance(error, StorageUnavailable)
+        if healthy:
             try:
                 conn.dbapi.rollback()
             except Exception:
-                lost = True
-        if lost:
-            self._pool.discard(conn, lost=True)
-        else:
+                healthy = False
+        if healthy:
             self._pool.checkin(conn)
-
-    def _raise(self, exc: BaseException) -> None:
-        if isinstance(exc, MsiloError):
-            raise exc
-        if isinstance(exc, UnicodeError):
-            raise InvalidRequest(f"text cannot be stored: {exc}") from exc
-        if isinstance(exc, (sa.exc.SQLAlchemyError, self._dbapi_error, OSError)):
-            raise storage_error(exc, self._dialect, None) from exc
-        raise exc
+        else:
+            self._pool.discard(conn, lost=isinstance(error, StorageUnavailable))
+        return error
 
     def _ready(self) -> SqlOps:
         ops = self._ops

@@ -1,0 +1,156 @@
+"""m_dump: the REGISTER gate, the delivery target and the MESSAGE built for a row [§3, §5]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..drivers.base import StoredMessage
+from ..errors import InvalidRequest
+from ..message import MessageKind, OutgoingMessage, SipRequest
+from ..settings import MsiloSettings, Profile
+from ..timefmt import ctime24, rfc1123
+from ..uri import NameAddr, parse_name_addr, parse_uri
+from .limits import CONTROL, MIME
+
+__all__ = [
+    "DumpPlan",
+    "dump_message",
+    "dump_target",
+    "is_text_plain",
+    "plan_dump",
+    "reminder_message",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DumpPlan:
+    """Whether a dump may run for a request, and the REGISTER contact to deliver to."""
+
+    allowed: bool
+    reason: str = ""
+    contact: NameAddr | None = None
+
+
+def _contact_expires(contact: NameAddr, header_expires: int | None) -> int:
+    value = contact.param("expires")
+    if value is not None and value.strip().isdigit():
+        return int(value)
+    if header_expires is not None:
+        return header_expires
+    return 1  # no expiry given: the registrar's default, which is positive
+
+
+def _accepts_message(contact: NameAddr, allow: frozenset[str] | None) -> bool:
+    methods = contact.param("methods")
+    if methods is not None:
+        listed = {m.strip().upper() for m in methods.strip('"').split(",")}
+        return "MESSAGE" in listed
+    return allow is None or "MESSAGE" in allow
+
+
+def plan_dump(request: SipRequest | None) -> DumpPlan:
+    """The REGISTER gate [§3.3]: no dump when the registration removes the binding, has no
+    Contact, or shows that the UA does not accept MESSAGE. Other methods always pass."""
+    if request is None or request.method.upper() != "REGISTER":
+        return DumpPlan(True)
+    if request.contact_star:
+        return DumpPlan(False, "Contact: * removes every binding")
+    contacts = request.contacts
+    if not contacts:
+        return DumpPlan(False, "no Contact (a registration query)")
+    header_expires = request.expires
+    live = [c for c in contacts if _contact_expires(c, header_expires) > 0]
+    if not live:
+        return DumpPlan(False, "the registration removes its bindings (expires 0)")
+    allow = request.allow
+    for contact in live:
+        if _accepts_message(contact, allow):
+            return DumpPlan(True, contact=contact)
+    return DumpPlan(False, "the UA does not accept MESSAGE")
+
+
+def is_text_plain(ctype: str) -> bool:
+    """Whether a stored Content-Type parses as ``text/plain`` (parameters allowed) [§3.6]."""
+    mime = ctype.split(";", 1)[0].strip()
+    return bool(MIME.fullmatch(mime)) and mime.lower() == "text/plain"
+
+
+def _prefixed(kind: str, when: int, msg: StoredMessage, settings: MsiloSettings) -> bytes:
+    # Every body size gets the prefix: the modules silently skip it above 978 bytes [§9.17].
+    if not settings.add_date or not is_text_plain(msg.ctype):
+        return msg.body
+    return f"[{kind} message - {ctime24(when, settings.zone)}] ".encode() + msg.body
+
+
+def _stored_value(value: str, what: str, mid: int) -> str:
+    if not value or CONTROL.search(value):
+        raise InvalidRequest(f"message {mid}: stored {what} {value!r} cannot be sent")
+    return value
+
+
+def dump_target(plan: DumpPlan, settings: MsiloSettings, contact: str | None) -> str | None:
+    """The Request-URI of dumped messages, or None for each row's stored To URI [§3.6]."""
+    if contact is not None:
+        # A bare URI keeps its ;params (RFC 3261 §20.10 would read them as header params).
+        text = contact.strip()
+        uri = parse_name_addr(text).uri if "<" in text else parse_uri(text)
+        return str(uri)
+    if plan.contact is not None and settings.profile is Profile.LIBMSILO:
+        return str(plan.contact.uri)
+    return None
+
+
+def dump_message(
+    msg: StoredMessage, settings: MsiloSettings, target: str | None, token: str | None
+) -> OutgoingMessage:
+    """The MESSAGE that delivers one stored row [§3.6]; ``InvalidRequest`` if it cannot be built."""
+    src = _stored_value(msg.src_addr, "src_addr", msg.mid)
+    dst = _stored_value(msg.dst_addr, "dst_addr", msg.mid)
+    headers: list[tuple[str, str]] = []
+    if msg.inc_time > 0:
+        headers.append(("Date", rfc1123(msg.inc_time)))
+    if msg.ctype:
+        headers.append(("Content-Type", _stored_value(msg.ctype, "ctype", msg.mid)))
+    if settings.add_contact:
+        headers.append(("Contact", f"<{src}>;msilo=yes"))
+    return OutgoingMessage(
+        kind=MessageKind.DUMP,
+        mid=msg.mid,
+        ruri=target or dst,
+        from_uri=src,
+        to_uri=dst,
+        headers=tuple(headers),
+        body=_prefixed("Offline", msg.inc_time, msg, settings),
+        content_type=msg.ctype or None,
+        next_hop=settings.outbound_proxy,
+        lease_token=token,
+    )
+
+
+def reminder_message(
+    msg: StoredMessage, settings: MsiloSettings, token: str | None
+) -> OutgoingMessage:
+    """The MESSAGE that delivers a due reminder [§5]: to ``sip:user@domain``, from ``reminder``,
+    no Date header."""
+    if settings.reminder is None:
+        raise InvalidRequest("reminders are off (no reminder From URI)")
+    user = _stored_value(msg.username, "username", msg.mid)
+    domain = _stored_value(msg.domain, "domain", msg.mid)
+    target = str(parse_uri(f"sip:{user}@{domain}"))
+    headers: list[tuple[str, str]] = []
+    if msg.ctype:
+        headers.append(("Content-Type", _stored_value(msg.ctype, "ctype", msg.mid)))
+    if settings.add_contact:
+        headers.append(("Contact", f"<{settings.reminder}>;msilo=yes"))
+    return OutgoingMessage(
+        kind=MessageKind.REMINDER,
+        mid=msg.mid,
+        ruri=target,
+        from_uri=settings.reminder,
+        to_uri=target,
+        headers=tuple(headers),
+        body=_prefixed("Reminder", msg.snd_time, msg, settings),
+        content_type=msg.ctype or None,
+        next_hop=settings.outbound_proxy,
+        lease_token=token,
+    )

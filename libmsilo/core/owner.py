@@ -1,0 +1,65 @@
+"""Whose message it is: the owner (AOR) of a stored message and of a dump [§2.3, §3.2]."""
+
+from __future__ import annotations
+
+from ..errors import InvalidRequest, InvalidURI
+from ..message import SipRequest
+from ..uri import URI, aor, parse_name_addr
+from .limits import MAX_OWNER_PART
+
+__all__ = ["choose_owner", "dump_owner", "split_owner_uri"]
+
+
+def _owner_of(uri: URI, what: str, *, need_host: bool) -> tuple[str, str]:
+    user, host = aor(uri)
+    if not user:
+        raise InvalidRequest(f"{what} {uri} has no user part")
+    if need_host and not host:
+        raise InvalidRequest(f"{what} {uri} has no host part")
+    if len(user) > MAX_OWNER_PART or len(host) > MAX_OWNER_PART:
+        raise InvalidRequest(f"{what} {uri}: user and host must be at most {MAX_OWNER_PART} chars")
+    return user, host
+
+
+def _parse_owner(owner: str) -> URI:
+    try:
+        uri = parse_name_addr(owner).uri
+    except InvalidURI as exc:
+        raise InvalidURI(f"owner is not a SIP, SIPS or TEL URI: {exc}") from exc
+    return uri
+
+
+def choose_owner(request: SipRequest, owner: str | None = None) -> tuple[str, str]:
+    """The (username, domain) a stored message is filed under [§2.3].
+
+    ``owner`` when given; else the current Request-URI when it is a complete address of record
+    (non-empty user and host); else the To URI, as the module documentation promises.
+    """
+    if owner is not None:
+        uri = _parse_owner(owner)
+        return _owner_of(uri, "owner", need_host=uri.scheme != "tel")
+    try:
+        ruri: URI | None = request.ruri_uri
+    except InvalidURI:
+        ruri = None
+    if ruri is not None and ruri.scheme != "tel":
+        user, host = aor(ruri)
+        if user and host:
+            return _owner_of(ruri, "Request-URI", need_host=True)
+    return _owner_of(request.to_addr.uri, "To URI", need_host=True)
+
+
+def dump_owner(request: SipRequest | None, owner: str | None) -> tuple[str, str]:
+    """The owner whose messages a dump sends: ``owner``, else the To URI [§3.2]."""
+    if owner is not None:
+        uri = _parse_owner(owner)
+        return _owner_of(uri, "owner", need_host=uri.scheme != "tel")
+    if request is None:
+        raise InvalidRequest("dump needs a request or an owner")
+    return _owner_of(request.to_addr.uri, "To URI", need_host=True)
+
+
+def split_owner_uri(uri: str) -> tuple[str, str]:
+    """(username, domain) of an inbox AOR given as a URI, for the inbox API."""
+    parsed = _parse_owner(uri)
+    return _owner_of(parsed, "AOR", need_host=parsed.scheme != "tel")
