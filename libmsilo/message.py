@@ -271,9 +271,13 @@ class SipRequest:
     # ---- parsing ---------------------------------------------------------------------------
 
     @classmethod
-    def parse(cls, raw: bytes, **extras: Any) -> SipRequest:
+    def parse(cls, raw: bytes | bytearray | memoryview, **extras: Any) -> SipRequest:
         """Parse a request from its wire form (RFC 3261 §7); ``extras`` are the keyword-only
-        arguments of the constructor. Raise :class:`InvalidRequest` on anything else."""
+        arguments of the constructor. Raise :class:`InvalidRequest` on anything else.
+
+        The header section must be UTF-8. Folded lines are unfolded, Content-Length (when
+        present) delimits the body, and bare-LF line endings are tolerated.
+        """
         if type(raw) is not bytes:
             if not isinstance(raw, bytes | bytearray | memoryview):
                 raise InvalidRequest(f"raw request must be bytes, not {type(raw).__name__}")
@@ -313,12 +317,14 @@ class SipRequest:
                 )
             # RFC 3261 §18.3: bytes beyond Content-Length are not part of the message.
             body = raw[body_start : body_start + size]
+        request: SipRequest = _new_object(cls)
         if extras:
             original = extras.get("original_ruri")
             if original is not None:
                 _check_ruri(original)
-        request: SipRequest = _new_object(cls)
-        request._setup(method, ruri, tuple(fields), body, index, **extras)
+            request._setup(method, ruri, tuple(fields), body, index, **extras)
+        else:
+            request._setup(method, ruri, tuple(fields), body, index)
         return request
 
     # ---- raw header access -----------------------------------------------------------------
@@ -566,7 +572,11 @@ class OutgoingMessage:
     def to_bytes(
         self, *, call_id: str, from_tag: str, cseq: int = 10, via: str | None = None
     ) -> bytes:
-        """The whole request on the wire (CRLF line endings), for hosts that send raw bytes."""
+        """The whole request on the wire (CRLF line endings), for hosts that send raw bytes.
+
+        Raises :class:`InvalidRequest` when a value would break the framing (CR, LF or NUL in a
+        header, a Request-URI that is no absolute URI)."""
+        _check_ruri(self.ruri)
         lines = [f"MESSAGE {self.ruri} SIP/2.0"]
         if via is not None:
             lines.append(f"Via: {via}")
@@ -587,7 +597,6 @@ class OutgoingMessage:
         if not has_ctype and self.content_type:
             lines.append(f"Content-Type: {self.content_type}")
         lines.append(f"Content-Length: {len(self.body)}")
-        head = "\r\n".join(lines)
-        if _FORBIDDEN_IN_VALUE.search(head):
+        if _FORBIDDEN_IN_VALUE.search("".join(lines)):
             raise InvalidRequest("CR, LF or NUL inside a header of the outgoing MESSAGE")
-        return head.encode("utf-8") + b"\r\n\r\n" + self.body
+        return "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n" + self.body

@@ -83,10 +83,10 @@ _ONE_PARAM = re.compile(rf";([{_TOKEN_CHARS}]++)(?:=([{_TOKEN_CHARS}]++))?+")
 _GLOBAL_DIGITS = re.compile(r"\+[0-9\-.()]*")
 _LOCAL_DIGITS = re.compile(r"[0-9A-Fa-f*#\-.()]+")
 _PHONEDIGITS = re.compile(r"[0-9\-.()]+")
-_PHONEDIGITS_HEX = _LOCAL_DIGITS
 _TEL_PNAME = re.compile(rf"[{_ALPHANUM}\-]+")  # RFC 3966: pname = 1*( alphanum / "-" )
 # A quoted string without quoted-pair or control character: the common case, one match.
 _PLAIN_QUOTED = re.compile(r'"([^"\\\x00-\x08\x0a-\x1f\x7f]*)"')
+_QUOTE_OR_BACKSLASH = re.compile(r'["\\]')
 # qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII: no control character but HTAB, which
 # is LWS (a quoted-pair may escape some, but a header line cannot carry CR, LF or NUL anyway).
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -519,7 +519,7 @@ def _tel_uri(text: str, start: int, end: int) -> URI:
             raise _bad_char(text, start + 1, nend, _PHONEDIGITS, "global number")
     elif _LOCAL_DIGITS.fullmatch(text, start, nend) is None:
         # local-number-digits = *phonedigit-hex (HEXDIG / "*" / "#") *phonedigit-hex
-        raise _bad_char(text, start, nend, _PHONEDIGITS_HEX, "local number")
+        raise _bad_char(text, start, nend, _LOCAL_DIGITS, "local number")
     if text[start:nend].translate(_TEL_SEPARATORS) in ("", "+"):
         raise _Fail("telephone number without digits", start)
     params = () if semi < 0 else _uri_params(text, semi + 1, end)
@@ -549,19 +549,22 @@ def _quoted_string(text: str, pos: int, end: int) -> tuple[str, int]:
         return plain.group(1), plain.end()
     start = pos + 1
     # quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F): the next character stands for itself.
+    # Jumping from one quote or backslash to the next keeps this linear in the length.
     parts: list[str] = []
     pos = start
     while True:
-        quote = text.find('"', pos, end)
-        if quote < 0:
+        special = _QUOTE_OR_BACKSLASH.search(text, pos, end)
+        if special is None:
             raise _Fail("unterminated quoted string", start - 1)
-        backslash = text.find("\\", pos, quote)
-        if backslash < 0:
-            parts.append(text[pos:quote])
+        at = special.start()
+        parts.append(text[pos:at])
+        if text[at] == '"':
+            quote = at
             break
-        parts.append(text[pos:backslash])
-        parts.append(text[backslash + 1])  # exists: a closing quote follows
-        pos = backslash + 2
+        if at + 1 == end:
+            raise _Fail("unterminated quoted string", start - 1)
+        parts.append(text[at + 1])
+        pos = at + 2
     bad = _CONTROL.search(text, start, quote)
     if bad is not None:
         raise _Fail("control character in quoted string", bad.start())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
+import os
 import queue
 import selectors
 import shutil
@@ -32,6 +34,7 @@ __all__ = [
     "PrivateRedis",
     "TcpProxy",
     "free_port",
+    "record",
     "url_with_address",
     "wait_until",
 ]
@@ -40,6 +43,15 @@ LOOPBACK = "127.0.0.1"
 _POLL = 0.05  # seconds between the proxy loop's checks of its command queue
 _CHUNK = 65536
 _SEND_TIMEOUT = 5.0  # a peer that reads nothing for this long is dropped
+
+
+def record(test: str, **figures: object) -> None:
+    """Append ``figures`` as one JSON line to the file ``MSILO_RELIABILITY_LOG`` names, if set
+    (how the numbers in docs/RELIABILITY.md are collected)."""
+    path = os.environ.get("MSILO_RELIABILITY_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"test": test, **figures}, default=str) + "\n")
 
 
 def free_port() -> int:
@@ -132,6 +144,7 @@ class TcpProxy:
         self._held: list[socket.socket] = []  # accepted while stalled, never forwarded
         self._stalled = False
         self._armed: CutDirection | None = None
+        self._arm_skip = 0
         self._commands: queue.Queue[tuple[Callable[[], None], threading.Event]] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tcp-proxy", daemon=True)
@@ -160,11 +173,12 @@ class TcpProxy:
         """Forward again (after :meth:`cut` or :meth:`stall`)."""
         self._call(self._do_restore)
 
-    def arm(self, direction: CutDirection) -> None:
-        """Swallow the next chunk going ``direction``, then cut."""
+    def arm(self, direction: CutDirection, after: int = 0) -> None:
+        """Let ``after`` chunks going ``direction`` through, swallow the next one, then cut."""
 
         def set_armed() -> None:
             self._armed = direction
+            self._arm_skip = after
 
         self._call(set_armed)
 
@@ -288,9 +302,12 @@ class TcpProxy:
         if armed is not None:
             going = CutDirection.REQUEST if sock is pair.client else CutDirection.RESPONSE
             if going is armed:
-                self._armed = None
-                self._do_cut()
-                return
+                if self._arm_skip > 0:
+                    self._arm_skip -= 1
+                else:
+                    self._armed = None
+                    self._do_cut()
+                    return
         try:
             pair.peer(sock).sendall(data)
         except OSError:

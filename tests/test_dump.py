@@ -224,3 +224,10 @@ def test_a_row_that_cannot_be_built_does_not_block_the_others() -> None:
     assert [m.mid for m in out] == [good1, good2]
     assert silo.stats.failed_messages == 1
     assert silo.get(bad).attempts == 1
+
+
+def test_unparsable_contact_refuses_the_dump() -> None:
+    silo = make_silo()
+    stored(silo)
+    assert silo.dump(register(contact="<mailto:alice@example.com>")) == []
+    assert len(silo.dump(register())) == 1

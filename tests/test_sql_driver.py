@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from libmsilo.drivers import DriverOptions, NewMessage, ReleaseResult, StoreLayout, open_driver
 from libmsilo.drivers.sql import _TRIES, SqlDriver, _connect_args, open_sql, sql_url
+from libmsilo.drivers.sql_ops import SqlOps
 from libmsilo.drivers.sql_pool import is_retryable
 from libmsilo.errors import InvalidRequest, SettingsError, StorageError, StorageUnavailable
 from libmsilo.testing import make_message, unique_table
@@ -43,7 +44,9 @@ class Backend:
 
     def indexes(self, table: str) -> list[list[str]]:
         with self.engine.connect() as conn:
-            return [list(map(str, ix["column_names"])) for ix in sa.inspect(conn).get_indexes(table)]
+            return [
+                list(map(str, ix["column_names"])) for ix in sa.inspect(conn).get_indexes(table)
+            ]
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -131,7 +134,9 @@ def test_schema_shape(backend: Backend, driver: SqlDriver) -> None:
     assert cols["lease_token"]["nullable"] and cols["body"]["nullable"]
     assert not cols["attempts"]["nullable"] and not cols["exp_time"]["nullable"]
     assert sorted(backend.indexes(table)) == [
-        ["exp_time"], ["snd_time"], ["username", "domain", "mid"]
+        ["exp_time"],
+        ["snd_time"],
+        ["username", "domain", "mid"],
     ]
     if backend.kind == "sqlite":
         ddl = backend.sql("SELECT sql FROM sqlite_master WHERE name = :t", t=table)[0][0]
@@ -201,6 +206,24 @@ def test_custom_column_names(backend: Backend) -> None:
     finally:
         d.drop_schema()
         d.close()
+
+
+def test_claims_without_update_returning(driver: SqlDriver) -> None:
+    """The SELECT … FOR UPDATE then UPDATE claim (MySQL's, and SQLite's before 3.35) on every
+    database."""
+    driver.count("alice", "example.com", NOW)  # compiles the statements
+    driver._ops = SqlOps(driver._table, driver._dialect, 10, returning=False)
+    mids = [driver.insert(make_message(body=bytes([i]))) for i in range(5)]
+    due = driver.insert(make_message(user="carol", snd_time=NOW - 1))
+    first = driver.claim("alice", "example.com", NOW, NOW + 30, "t1", limit=2)
+    rest = driver.claim("alice", "example.com", NOW, NOW + 30, "t2")
+    assert [r.mid for r in first] == mids[:2] and [r.mid for r in rest] == mids[2:]
+    assert all(r.lease_token == "t2" and r.lease_until == NOW + 30 for r in rest)
+    assert [r.body for r in first + rest] == [bytes([i]) for i in range(5)]
+    stored = driver.get(mids[4] or 0)
+    assert stored is not None and stored.lease_token == "t2"
+    assert driver.claim("alice", "example.com", NOW, NOW + 30, "t3") == []
+    assert [r.mid for r in driver.claim_due_reminders(NOW, NOW + 30, "t4")] == [due]
 
 
 # ---- values -----------------------------------------------------------------------------------
@@ -320,7 +343,8 @@ _KAMAILIO_COLUMNS = """
 
 KAMAILIO_DDL = {
     "postgresql": [
-        "CREATE TABLE {t} (id SERIAL PRIMARY KEY NOT NULL," + _KAMAILIO_COLUMNS.format(blob="BYTEA"),
+        "CREATE TABLE {t} (id SERIAL PRIMARY KEY NOT NULL,"
+        + _KAMAILIO_COLUMNS.format(blob="BYTEA"),
         "CREATE INDEX {t}_account_idx ON {t} (username, domain)",
     ],
     "mysql": [
@@ -329,7 +353,8 @@ KAMAILIO_DDL = {
         "CREATE INDEX account_idx ON {t} (username, domain)",
     ],
     "sqlite": [
-        "CREATE TABLE {t} (id INTEGER PRIMARY KEY NOT NULL," + _KAMAILIO_COLUMNS.format(blob="BLOB"),
+        "CREATE TABLE {t} (id INTEGER PRIMARY KEY NOT NULL,"
+        + _KAMAILIO_COLUMNS.format(blob="BLOB"),
         "CREATE INDEX {t}_account_idx ON {t} (username, domain)",
     ],
 }
@@ -386,7 +411,12 @@ def test_migrate_c_module_table(backend: Backend, c_module_table: tuple[str, str
             "alice",
             "example.com",
         )
-        assert (old.inc_time, old.exp_time, old.snd_time, old.attempts) == (NOW - 60, NOW + HOUR, 0, 0)
+        assert (old.inc_time, old.exp_time, old.snd_time, old.attempts) == (
+            NOW - 60,
+            NOW + HOUR,
+            0,
+            0,
+        )
         assert old.body == b"from the C module \x00\xff" and old.ctype == "text/plain"
 
         new_id = d.insert(make_message(body=b"new"), 10)
@@ -456,6 +486,8 @@ def test_unreachable_server_is_storage_unavailable(url: str) -> None:
     with pytest.raises(StorageUnavailable) as info:
         d.count("alice", "example.com", NOW)
     assert info.value.__cause__ is not None
+    with pytest.raises(StorageUnavailable):
+        d.create_schema()
     d.close()
 
 
@@ -477,10 +509,15 @@ def test_sql_error_is_storage_error_with_cause(backend: Backend, driver: SqlDriv
     assert driver.count("alice", "example.com", NOW) == 0
 
 
-def test_closed_driver_refuses_work(driver: SqlDriver) -> None:
-    driver.close()
+def test_closed_driver_refuses_work(backend: Backend) -> None:
+    d = _open(backend, StoreLayout(table=unique_table("silo_")))
+    d.create_schema()
+    d.drop_schema()
+    d.close()
     with pytest.raises(StorageError, match="closed"):
-        driver.count("alice", "example.com", NOW)
+        d.count("alice", "example.com", NOW)
+    with pytest.raises(StorageError, match="closed"):
+        d.create_schema()
 
 
 def _session_id(backend: Backend, d: SqlDriver) -> int:

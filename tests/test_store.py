@@ -297,3 +297,9 @@ def test_stored_messages_statistic() -> None:
     for _ in range(3):
         silo.store(message())
     assert silo.stats.stored_messages == 3
+
+
+def test_notice_with_a_non_sip_contact_goes_to_from() -> None:
+    silo = make_silo(**NOTICE)
+    req = message(extra=[("Contact", "<mailto:bob@example.org>")])
+    assert silo.store(req).notice.ruri == "sip:bob@example.org"

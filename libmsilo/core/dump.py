@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..drivers.base import StoredMessage
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, InvalidURI
 from ..message import MessageKind, OutgoingMessage, SipRequest
 from ..settings import MsiloSettings, Profile
 from ..timefmt import ctime24, rfc1123
@@ -55,7 +55,10 @@ def plan_dump(request: SipRequest | None) -> DumpPlan:
         return DumpPlan(True)
     if request.contact_star:
         return DumpPlan(False, "Contact: * removes every binding")
-    contacts = request.contacts
+    try:
+        contacts = request.contacts
+    except InvalidURI:  # e.g. a mailto: contact: no SIP binding to deliver to
+        return DumpPlan(False, "a Contact does not parse as a SIP URI")
     if not contacts:
         return DumpPlan(False, "no Contact (a registration query)")
     header_expires = request.expires

@@ -6,7 +6,7 @@ from ..errors import InvalidURI
 from ..message import MessageKind, OutgoingMessage, SipRequest
 from ..settings import MsiloSettings
 from ..templating import Template
-from ..uri import aor, parse_name_addr
+from ..uri import NameAddr, aor, parse_name_addr
 from .limits import CONTROL, HEADER_NAME
 
 __all__ = ["build_notice", "notice_target"]
@@ -34,9 +34,16 @@ def _render_header_lines(
     return headers
 
 
+def _contacts(request: SipRequest) -> tuple[NameAddr, ...]:
+    try:
+        return request.contacts
+    except InvalidURI:  # a non-SIP contact (mailto:, http:) is simply not usable
+        return ()
+
+
 def _is_loop(request: SipRequest, notice_from: str) -> bool:
     """The loop guard: the request came from msilo itself (Kamailio #61)."""
-    if any(c.param("msilo") is not None for c in request.contacts):
+    if any(c.param("msilo") is not None for c in _contacts(request)):
         return True
     try:
         ours = parse_name_addr(notice_from).uri
@@ -49,7 +56,7 @@ def _is_loop(request: SipRequest, notice_from: str) -> bool:
 def notice_target(request: SipRequest, use_contact: bool) -> str:
     """Where the offline notice goes [§2.9]: the sender's Contact when usable, else its From."""
     if use_contact:
-        for contact in request.contacts[:1]:
+        for contact in _contacts(request)[:1]:
             if contact.uri.scheme in ("sip", "sips") and contact.uri.host:
                 return str(contact.uri)
     return str(request.from_addr.uri)

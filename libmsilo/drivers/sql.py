@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, StaticPool
 
-from ..errors import InvalidRequest, MsiloError, SettingsError, StorageUnavailable
+from ..errors import InvalidRequest, MsiloError, SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
 from .sql_ops import NO_LIMIT, SqlOps
@@ -95,9 +95,10 @@ def _connect_args(url: sa.URL, timeout: float, bounded: bool) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k not in url.query or k == "options"}
 
 
-def _session_setup(engine: Engine, timeout: float) -> None:
+def _session_setup(engine: Engine, timeout: float, bounded: bool) -> None:
     """Per-connection settings: MySQL's READ COMMITTED (consistent reads take no locks and see
-    rows committed before the statement), lock-wait and statement bounds; SQLite's WAL mode."""
+    rows committed before the statement), lock-wait and (``bounded``) statement time bounds;
+    SQLite's WAL mode."""
     dialect = engine.dialect
     backend = engine.url.get_backend_name()
     file_db = backend == "sqlite" and not _memory_db(engine.url)
@@ -114,7 +115,7 @@ def _session_setup(engine: Engine, timeout: float) -> None:
                 return
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             cur.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}")
-            if getattr(dialect, "is_mariadb", False):
+            if bounded and getattr(dialect, "is_mariadb", False):
                 cur.execute(f"SET SESSION max_statement_time = {timeout + 1:.3f}")
         finally:
             cur.close()
@@ -140,7 +141,7 @@ def _engine(url: sa.URL, timeout: float, *, bounded: bool) -> Engine:
         raise SettingsError(f"db_url: {url.drivername} needs a missing package{hint}") from exc
     except (sa.exc.ArgumentError, TypeError) as exc:
         raise SettingsError(f"db_url: {exc}") from exc
-    _session_setup(engine, timeout)
+    _session_setup(engine, timeout, bounded)
     return engine
 
 
@@ -167,6 +168,8 @@ class SqlDriver:
     @contextmanager
     def _schema_conn(self) -> Iterator[Connection]:
         """A connection without statement bounds, for reflection and DDL."""
+        if self._pool.closed:
+            raise StorageError("the SQL driver is closed")
         memory = self._url.get_backend_name() == "sqlite" and _memory_db(self._url)
         # The in-memory database lives in the stack's one connection: hold it while in use.
         if memory:
@@ -177,7 +180,11 @@ class SqlDriver:
             engine = self._ddl_engine
         held = self._pool.checkout() if memory else None
         try:
-            with engine.connect() as sa_conn:
+            try:
+                sa_conn = engine.connect()
+            except (sa.exc.SQLAlchemyError, self._dbapi_error, OSError) as exc:
+                raise storage_error(exc, self._dialect, None, connecting=True) from exc
+            with sa_conn:
                 yield sa_conn
         except MsiloError:
             raise

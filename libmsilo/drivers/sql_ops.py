@@ -32,6 +32,8 @@ __all__ = ["NO_LIMIT", "SqlOps"]
 #: LIMIT value meaning "all rows" (valid on all three databases).
 NO_LIMIT = 2**63 - 1
 _LEASE_SQL_CACHE_MAX = 256
+# SQLAlchemy's placeholder for an "expanding" IN list, filled in by the driver per call.
+_IDS_MARK = "__[POSTCOMPILE_ids]"
 
 
 class _Sql:
@@ -62,7 +64,8 @@ def _row(r: Any) -> StoredMessage:
         return StoredMessage(*r)  # the usual case: columns are selected in field order
     # NULL body / ctype (OpenSIPS stores body-less requests) read back as empty values
     body = body if type(body) is bytes else bytes(body or b"")
-    return StoredMessage(*r[:4], body, ctype or "", *r[6:])
+    fixed: tuple[Any, ...] = (*r[:4], body, ctype or "", *r[6:])
+    return StoredMessage(*fixed)
 
 
 def _leased(r: Any, token: str, lease_until: int) -> StoredMessage:
@@ -72,7 +75,9 @@ def _leased(r: Any, token: str, lease_until: int) -> StoredMessage:
 class SqlOps:
     """Every driver step for one table on one (initialized) dialect."""
 
-    def __init__(self, table: sa.Table, dialect: Dialect, timeout: float) -> None:
+    def __init__(
+        self, table: sa.Table, dialect: Dialect, timeout: float, returning: bool | None = None
+    ) -> None:
         self.table = table
         self.dialect = dialect
         self.kind = "mysql" if dialect.name in ("mysql", "mariadb") else dialect.name
@@ -90,7 +95,9 @@ class SqlOps:
         else:
             skip = True  # PostgreSQL 9.5+; SQLite ignores FOR UPDATE
         # UPDATE … RETURNING: PostgreSQL, SQLite 3.35+; never MySQL / MariaDB.
-        self.returning = self.kind != "mysql" and bool(dialect.update_returning)
+        if returning is None:
+            returning = self.kind != "mysql" and bool(dialect.update_returning)
+        self.returning = returning
 
         def compile_(stmt: sa.ClauseElement) -> _Sql:
             return _Sql(stmt, dialect)
@@ -134,7 +141,14 @@ class SqlOps:
 
             self.claim_sql = compile_(locking(claim_where))
             self.due_sql = compile_(locking(due_where))
-        self._lease_sql: dict[int, _Sql] = {}
+        # The id list of a MySQL claim varies in length: compiled once with an expanding bind,
+        # whose marker is replaced by one named placeholder per id.
+        lease_ids = sa.update(table).where(c.mid.in_(bp("ids", expanding=True))).values(**lease)
+        self._lease_template = lease_ids.compile(dialect=dialect).string
+        if _IDS_MARK not in self._lease_template:
+            raise RuntimeError(f"unexpected IN-list rendering: {self._lease_template}")
+        self._bind_mark = ":{}" if dialect.paramstyle == "named" else "%({})s"
+        self._lease_sql: dict[int, str] = {}
 
         values = {f: bp(f, type_=c[f].type) for f in MESSAGE_FIELDS}
         insert = sa.insert(table).values(**values)
@@ -191,19 +205,15 @@ class SqlOps:
         text = f"{self.table.name}\0{username}\0{domain}"
         return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
-    def _lease_update(self, count: int) -> _Sql:
-        sql = self._lease_sql.get(count)
-        if sql is None:
-            c = self.table.c
-            stmt = (
-                sa.update(self.table)
-                .where(c.mid.in_([bp(f"m{i}") for i in range(count)]))
-                .values(lease_token=bp("tok"), lease_until=bp("lu"))
-            )
-            sql = _Sql(stmt, self.dialect)
+    def _lease_update(self, count: int) -> str:
+        """``UPDATE … SET lease … WHERE id IN (<count> binds m0, m1, …)``."""
+        text = self._lease_sql.get(count)
+        if text is None:
+            marks = ", ".join(self._bind_mark.format(f"m{i}") for i in range(count))
+            text = self._lease_template.replace(_IDS_MARK, marks)
             if len(self._lease_sql) < _LEASE_SQL_CACHE_MAX:
-                self._lease_sql[count] = sql
-        return sql
+                self._lease_sql[count] = text
+        return text
 
     # ---- steps --------------------------------------------------------------------------------
 
@@ -257,7 +267,7 @@ class SqlOps:
         if rows:
             ids: dict[str, Any] = {f"m{i}": r[9] for i, r in enumerate(rows)}
             ids.update(tok=params["tok"], lu=params["lu"])
-            self._lease_update(len(rows)).run(cur, ids)
+            cur.execute(self._lease_update(len(rows)), ids)
         conn.commit()
         return [_leased(r, params["tok"], params["lu"]) for r in rows]
 

@@ -76,6 +76,11 @@ class ConnectionStack:
         self._ping_after = ping_after
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
     def checkout(self) -> PooledConnection:
         """An open connection: an idle one that is still alive, or a new one."""
         if self._closed:
