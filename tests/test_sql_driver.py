@@ -3,6 +3,7 @@ tables, value limits, bodies, error mapping and recovery after a lost connection
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import time
 from collections.abc import Iterator
@@ -603,3 +604,59 @@ def test_deadlocks_are_retried_a_bounded_number_of_times(driver: SqlDriver) -> N
         driver._run(always)
     assert len(calls) == _TRIES
     assert driver.insert(make_message()) is not None
+
+
+def _count_in_child(d: SqlDriver, results: Any) -> None:
+    results.put(d.count("alice", "example.com", NOW))
+    d.close()  # closing an inherited connection would end the parent's session
+
+
+def test_forked_child_leaves_the_parents_connection_alone(
+    backend: Backend, driver: SqlDriver
+) -> None:
+    if backend.kind == "sqlite":
+        pytest.skip("no server session to protect")
+    driver.insert(make_message())
+    before = _session_id(backend, driver)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_count_in_child, args=(driver, results))
+    child.start()
+    assert results.get(timeout=60) == 1
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert _session_id(backend, driver) == before  # still the same, unharmed session
+    assert driver.count("alice", "example.com", NOW) == 1
+
+
+def test_create_schema_finishes_missing_indexes(backend: Backend, driver: SqlDriver) -> None:
+    table = driver.layout.table
+    backend.sql(f"DROP INDEX {table}_exp_idx" + (f" ON {table}" if backend.kind == "mysql" else ""))
+    assert ["exp_time"] not in backend.indexes(table)
+    driver.create_schema()
+    assert ["exp_time"] in backend.indexes(table)
+
+
+def test_idle_connections_are_pinged_and_replaced_when_dead(
+    backend: Backend, driver: SqlDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver.insert(make_message())
+    pings: list[int] = []
+    real_ping = driver._dialect.do_ping
+
+    def ping(dbapi_conn: Any) -> bool:
+        pings.append(1)
+        if len(pings) == 1:
+            raise OSError("pretend the server went away")
+        return bool(real_ping(dbapi_conn))
+
+    first = driver._pool.checkout()
+    driver._pool.checkin(first)
+    monkeypatch.setattr(driver._pool, "_ping_after", -1.0)  # every idle connection is "old"
+    monkeypatch.setattr(driver._dialect, "do_ping", ping)
+    assert driver.count("alice", "example.com", NOW) == 1  # first ping fails: reconnected
+    assert driver.count("alice", "example.com", NOW) == 1
+    assert len(pings) >= 2
+    second = driver._pool.checkout()
+    assert second is not first
+    driver._pool.checkin(second)

@@ -63,6 +63,7 @@ def _measurement(m: Measurement, goal: float | None) -> dict[str, Any]:
         "libmsilo_per_s": m.rate(m.lib_median),
         "raw_per_s": m.rate(m.raw_median),
         "ratio": m.ratio,
+        "best_ratio": m.best_ratio,
         "goal": goal if m.op in GOAL_OPS else None,
     }
 

@@ -94,6 +94,13 @@ class Measurement:
         pairs = [lib / raw for lib, raw in zip(self.lib_s, self.raw_s, strict=True) if raw > 0]
         return statistics.median(pairs) if pairs else float("inf")
 
+    @property
+    def best_ratio(self) -> float:
+        """libmsilo's fastest round / the raw side's fastest round: the least disturbed
+        estimate when other work on the machine slows some rounds down."""
+        fastest = min(self.raw_s)
+        return min(self.lib_s) / fastest if fastest > 0 else float("inf")
+
     def rate(self, seconds: float) -> float:
         """Messages per second at ``seconds`` per round."""
         return self.items / seconds if seconds > 0 else float("inf")
@@ -308,14 +315,14 @@ class _Run:
         dump = Measurement("dump", cfg.queued, rows)
         sweep = Measurement("sweep", cfg.reminders, rows)
         purge = Measurement("purge", expired, rows)
-        warmup = [Measurement(m.op, m.items, rows) for m in (dump, sweep, purge)]
+        warmup = tuple(Measurement(m.op, m.items, rows) for m in (dump, sweep, purge))
         for round_ in range(-1, cfg.repeat):  # round -1 warms up and is not reported
-            into = warmup if round_ < 0 else [dump, sweep, purge]
+            d, sw, p = warmup if round_ < 0 else (dump, sweep, purge)
             for side in self._order(round_):
                 if side == "lib":
-                    self._lib_round(*into, expired)
+                    self._lib_round(d, sw, p, expired)
                 else:
-                    self._raw_round(*into, expired)
+                    self._raw_round(d, sw, p, expired)
             what = "warm-up" if round_ < 0 else f"round {round_ + 1}/{cfg.repeat}"
             self.progress(f"{rows:,} rows: {what}")
         return [dump, sweep, purge]

@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 __all__ = [
     "IDENTIFIER_RE",
+    "LEASE_FIELDS",
+    "MESSAGE_FIELDS",
     "Driver",
     "NewMessage",
     "ReleaseResult",
@@ -71,6 +73,12 @@ class StoredMessage(NewMessage):
             lease_until=lease_until,
             attempts=attempts,
         )
+
+
+#: The message fields (columns) in :class:`NewMessage` order.
+MESSAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(NewMessage))
+#: The delivery-state fields a stored row adds, besides its id.
+LEASE_FIELDS: tuple[str, ...] = ("lease_token", "lease_until", "attempts")
 
 
 class ReleaseResult(enum.Enum):

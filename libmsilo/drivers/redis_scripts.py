@@ -13,24 +13,12 @@ for epoch values below 2**53.
 
 from __future__ import annotations
 
+from .base import LEASE_FIELDS, MESSAGE_FIELDS
+
 __all__ = ["RECORD_FIELDS", "SCRIPT_NAMES", "build_scripts"]
 
 #: StoredMessage attributes in the order the scripts return a record's fields.
-RECORD_FIELDS = (
-    "mid",
-    "src_addr",
-    "dst_addr",
-    "username",
-    "domain",
-    "body",
-    "ctype",
-    "inc_time",
-    "exp_time",
-    "snd_time",
-    "lease_token",
-    "lease_until",
-    "attempts",
-)
+RECORD_FIELDS = ("mid", *MESSAGE_FIELDS, *LEASE_FIELDS)
 
 _PRELUDE = """
 local F_USER, F_DOMAIN = {username}, {domain}

@@ -24,8 +24,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from ..errors import StorageError
-from .base import ReleaseResult, StoredMessage
-from .sql_schema import MESSAGE_FIELDS, ROW_FIELDS
+from .base import MESSAGE_FIELDS, ReleaseResult, StoredMessage
+from .sql_schema import ROW_FIELDS
 
 __all__ = ["NO_LIMIT", "SqlOps"]
 
@@ -167,7 +167,8 @@ class SqlOps:
         self.insert_sql = compile_(insert)
         self.quota_sql = compile_(quota)
         if self.kind == "postgresql":
-            self.lock_sql = compile_(sa.select(sa.func.pg_advisory_xact_lock(bp("key"))))
+            key = bp("key", type_=sa.BigInteger)
+            self.lock_sql = compile_(sa.select(sa.func.pg_advisory_xact_lock(key)))
         elif self.kind == "mysql":
             self.lock_sql = compile_(sa.select(sa.func.get_lock(bp("key"), bp("wait"))))
             self.unlock_sql = compile_(sa.select(sa.func.release_lock(bp("key"))))

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import threading
 import time
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,11 +64,25 @@ def _readable(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
+def _disown(conn: PooledConnection) -> None:
+    """Drop a connection inherited through ``fork`` without ending the parent's session: its
+    socket is pointed at /dev/null first, so the goodbye the DBAPI sends on close goes nowhere."""
+    if conn.fd is not None:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, conn.fd)
+        finally:
+            os.close(devnull)
+    with contextlib.suppress(Exception):
+        conn.fairy.invalidate()
+
+
 class ConnectionStack:
     """Idle connections, most recently used first; every call takes one and gives it back.
 
     ``single`` keeps one connection shared under a lock (an in-memory SQLite database exists
-    only in the connection that created it)."""
+    only in the connection that created it). A forked child starts with no idle connections:
+    the parent's stay the parent's."""
 
     def __init__(self, engine: Engine, *, single: bool = False, ping_after: float = 10.0) -> None:
         self._engine = engine
@@ -75,6 +91,20 @@ class ConnectionStack:
         self._single = threading.Lock() if single else None
         self._ping_after = ping_after
         self._closed = False
+        if hasattr(os, "register_at_fork") and not single:
+            ref = weakref.ref(self)
+
+            def forked() -> None:
+                stack = ref()
+                if stack is not None:
+                    stack._forked()
+
+            os.register_at_fork(after_in_child=forked)
+
+    def _forked(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            _disown(conn)
 
     @property
     def closed(self) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.schema import CreateColumn
 
 from ..errors import InvalidRequest, StorageError
-from .base import NewMessage, StoreLayout
+from .base import LEASE_FIELDS, MESSAGE_FIELDS, NewMessage, StoreLayout
 
 __all__ = [
     "LEASE_FIELDS",
@@ -35,20 +35,6 @@ __all__ = [
 
 log = logging.getLogger("libmsilo")
 
-#: The message columns, in :class:`NewMessage` field order.
-MESSAGE_FIELDS = (
-    "src_addr",
-    "dst_addr",
-    "username",
-    "domain",
-    "body",
-    "ctype",
-    "inc_time",
-    "exp_time",
-    "snd_time",
-)
-#: The columns ``migrate`` adds to a C-module table.
-LEASE_FIELDS = ("lease_token", "lease_until", "attempts")
 #: Every column, in :class:`StoredMessage` positional field order (rows are built from this).
 ROW_FIELDS = (*MESSAGE_FIELDS, "mid", *LEASE_FIELDS)
 
@@ -240,16 +226,37 @@ def reflect_limits(conn: Connection, layout: StoreLayout) -> ValueLimits | None:
 
 
 def create_table(conn: Connection, layout: StoreLayout) -> None:
-    """Create the table and its indexes unless the table exists."""
+    """Create the table unless it exists, then any of its indexes that is missing (DDL is not
+    transactional everywhere: a create interrupted between statements is finished here)."""
     dialect = conn.dialect
     collation = mysql_collation(dialect) if dialect.name in ("mysql", "mariadb") else None
     table = build_table(layout, sa.MetaData(), collation)
     table.create(conn, checkfirst=True)
+    _ensure_indexes(conn, layout, table)
 
 
 def drop_table(conn: Connection, layout: StoreLayout) -> None:
     """Drop the table (its indexes go with it); nothing when it does not exist."""
     build_table(layout, sa.MetaData()).drop(conn, checkfirst=True)
+
+
+def _ensure_indexes(conn: Connection, layout: StoreLayout, table: sa.Table) -> list[str]:
+    """Create the owner, expiry and send-time indexes that no existing index already covers
+    (one starting with the same columns counts, whatever its name); the names created."""
+    indexed = [
+        tuple(str(n).lower() for n in ix["column_names"])
+        for ix in sa.inspect(conn).get_indexes(layout.table)
+    ]
+    indexes = {str(ix.name): ix for ix in table.indexes}
+    added = []
+    for suffix, fields in _INDEX_PREFIXES.items():
+        prefix = tuple(getattr(layout, f).lower() for f in fields)
+        if any(cols[: len(prefix)] == prefix for cols in indexed):
+            continue
+        name = _index_name(layout.table, f"{suffix}_idx")
+        indexes[name].create(conn)
+        added.append(name)
+    return added
 
 
 def migrate_table(conn: Connection, layout: StoreLayout) -> list[str]:
@@ -280,18 +287,7 @@ def migrate_table(conn: Connection, layout: StoreLayout) -> list[str]:
         spec = CreateColumn(column).compile(dialect=conn.dialect)
         conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {spec}"))
         added.append(column.name)
-    indexed = [
-        tuple(str(n).lower() for n in ix["column_names"])
-        for ix in inspector.get_indexes(layout.table)
-    ]
-    indexes = {str(ix.name): ix for ix in table.indexes}
-    for suffix, fields in _INDEX_PREFIXES.items():
-        prefix = tuple(getattr(layout, f).lower() for f in fields)
-        if any(cols[: len(prefix)] == prefix for cols in indexed):
-            continue
-        name = _index_name(layout.table, f"{suffix}_idx")
-        indexes[name].create(conn)
-        added.append(name)
+    added += _ensure_indexes(conn, layout, table)
     if added:
         log.info("migrated table %s: added %s", layout.table, ", ".join(added))
     return added
