@@ -8,13 +8,14 @@ module needs no atheris.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC
 
 from libmsilo import MsiloError, MsiloSettings, Silo, SipRequest
 from libmsilo.core import build_notice, build_row, choose_owner, plan_dump
 from libmsilo.drivers.memory import MemoryDriver
 from libmsilo.templating import compile_template
-from libmsilo.uri import parse_contact_list, parse_name_addr, parse_uri
+from libmsilo.uri import aor, parse_contact_list, parse_name_addr, parse_uri
 
 __all__ = ["sip_request", "store_and_dump", "template", "template_source", "uri", "uri_text"]
 
@@ -28,6 +29,7 @@ _SETTINGS = MsiloSettings(
     content_type_hdr="Content-Type: text/plain\r\n",
     snd_time_avp="$avp(snd_time)",
 )
+_PLAIN_SETTINGS = _SETTINGS.model_copy(update={"add_date": False})
 _BASE_REQUEST = SipRequest.parse(
     b"MESSAGE sip:alice@example.com SIP/2.0\r\n"
     b'From: "Bob" <sip:bob@example.org>;tag=1\r\nTo: <sip:alice@example.com>\r\n'
@@ -57,10 +59,8 @@ def _exercise(req: SipRequest) -> None:
         lambda: build_row(req, _SETTINGS, NOW, choose_owner(req)),
         lambda: build_notice(req, _SETTINGS, NOW),
     ):
-        try:
+        with contextlib.suppress(MsiloError):
             getter()
-        except MsiloError:
-            pass
 
 
 def sip_request(data: bytes) -> None:
@@ -73,23 +73,27 @@ def sip_request(data: bytes) -> None:
 
 
 def store_and_dump(data: bytes) -> None:
-    """A parsed request stored and dumped on memory: the dumped MESSAGE must re-parse with the
-    same body, filed under the owner the core chose."""
+    """A parsed request stored and dumped on memory: filed under the owner the core chose, found
+    again through the printed owner URI, and the dumped MESSAGE re-parses with the same body."""
     try:
         req = SipRequest.parse(data)
         owner = choose_owner(req)
+        to_uri = req.to_addr.uri
     except MsiloError:
         return
-    silo = Silo(MemoryDriver(), _SETTINGS.model_copy(update={"add_date": False}), clock=lambda: NOW)
+    silo = Silo(MemoryDriver(), _PLAIN_SETTINGS, clock=lambda: NOW)
     try:
         mid = silo.store(req).mid
     except MsiloError:
         return
-    out = silo.dump(owner=f"<sip:{owner[0]}@{owner[1]}>" if owner[1] else None, request=req)
-    if mid is None:
-        return
+    assert mid is not None
     row = silo.get(mid)
     assert row is not None and (row.username, row.domain) == owner, (row, owner)
+    # The owner came from the Request-URI when complete, else from To; either printed URI must
+    # name it again.
+    source = to_uri if aor(to_uri) == owner else req.ruri_uri
+    out = silo.dump(owner=f"<{source}>")
+    assert [m.mid for m in out] == [mid], (source, owner)
     for msg in out:
         try:
             wire = msg.to_bytes(call_id="c", from_tag="t")
@@ -125,10 +129,8 @@ def uri_text(text: str) -> None:
     if addr is not None:
         again_addr = parse_name_addr(str(addr))
         assert again_addr == addr, f"{text!r} -> {str(addr)!r} -> {again_addr!r}"
-    try:
+    with contextlib.suppress(MsiloError):
         parse_contact_list(text)
-    except MsiloError:
-        pass
 
 
 def template(data: bytes) -> None:
@@ -145,9 +147,7 @@ def template_source(source: str, raw_request: bytes = b"") -> None:
     except MsiloError:
         return
     requests = [_BASE_REQUEST]
-    try:
+    with contextlib.suppress(MsiloError):
         requests.append(SipRequest.parse(raw_request, avps={"x": _text(raw_request[:20])}))
-    except MsiloError:
-        pass
     for req in requests:
         compiled.render(req, now=NOW, tz=UTC)

@@ -11,7 +11,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .bench import BenchConfig, BenchReport, Measurement, run_bench, total_steps, write_png
+from .bench import (
+    BenchConfig,
+    BenchError,
+    BenchReport,
+    Measurement,
+    run_bench,
+    total_steps,
+    write_png,
+)
 from .bench.runner import redact
 
 __all__ = ["bench", "redact", "results_tables"]
@@ -129,13 +137,16 @@ def bench(
                 progress.update(task, advance=1, description=what)
 
             report = run_bench(config, step)
-    for table in results_tables(report):
-        console.print(table)
+    if report.backends:
+        for table in results_tables(report):
+            console.print(table)
     if any(b.note for b in report.backends):
         console.print("*: " + "; ".join(sorted({b.note for b in report.backends if b.note})))
     if json_out is not None:
         report.write_json(json_out)
         console.print(f"wrote {json_out}")
-    if plot is not None:
+    if plot is not None and report.backends:
         write_png(report, plot)
         console.print(f"wrote {plot}")
+    if report.failures:
+        raise BenchError("bench: " + "; ".join(f"{url}: {err}" for url, err in report.failures))

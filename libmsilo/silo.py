@@ -118,7 +118,7 @@ class Silo:
     ) -> None:
         self.close()
 
-    # ---- statistics 
+    # ---- statistics
 
     @property
     def stats(self) -> Stats:
@@ -133,7 +133,7 @@ class Silo:
     def _now(self) -> int:
         return int(self._clock())
 
-    # ---- m_store 
+    # ---- m_store
 
     def store(
         self,
@@ -165,7 +165,7 @@ class Silo:
                 log.warning("offline notice for message %d not built: %s", mid, exc)
         return StoreResult(StoreStatus.STORED, mid, notice)
 
-    # ---- m_dump 
+    # ---- m_dump
 
     def dump(
         self,
@@ -214,7 +214,7 @@ class Silo:
             out.append(msg)
         return out
 
-    # ---- replies 
+    # ---- replies
 
     def on_reply(self, mid: int, status_code: int, *, token: str | None = None) -> ReplyOutcome:
         """Hand back the final (or provisional) reply to a dumped or reminded MESSAGE."""
@@ -251,7 +251,7 @@ class Silo:
             return ReplyOutcome.DROPPED
         return ReplyOutcome.RETRY
 
-    # ---- timers 
+    # ---- timers
 
     def tick(self, now: float | None = None) -> list[OutgoingMessage]:
         """Run what is due: the expiry purge and the reminder sweep; return due reminders."""
@@ -304,7 +304,7 @@ class Silo:
         thread.start()
         return thread
 
-    # ---- inbox 
+    # ---- inbox
 
     def count(self, aor: str) -> int:
         """Number of unexpired messages stored for ``aor``."""

@@ -137,16 +137,28 @@ def test_bench_command_writes_json_and_png(tmp_path: Path) -> None:
     assert [n for n in names if n.startswith("msilo_bench")] == []
 
 
-def test_bench_refuses_a_backend_without_baseline() -> None:
-    config = BenchConfig(urls=("memory://",), messages=1, queued=1, reminders=0, scales=(0,))
-    with pytest.raises(BenchError, match="no raw baseline"):
-        run_bench(config)
+def test_bench_reports_a_backend_without_baseline_and_goes_on(tmp_path: Path) -> None:
+    config = BenchConfig(
+        urls=("memory://", f"sqlite:///{tmp_path / 'b.db'}"),
+        messages=2,
+        owners=1,
+        queued=1,
+        reminders=0,
+        scales=(0,),
+        repeat=1,
+    )
+    report = run_bench(config)
+    ((url, error),) = report.failures
+    assert url == "memory://" and "no raw baseline" in error
+    assert [b.backend for b in report.backends] == ["sqlite"]
 
 
-def test_bench_command_reports_bad_sizes_and_urls_on_one_line() -> None:
-    result = CliRunner().invoke(app, ["bench", "--db-url", "gopher://x/", "--repeat", "1"])
+def test_bench_command_reports_failed_backends_on_one_line() -> None:
+    args = ["bench", "--db-url", "gopher://x/", "--db-url", "memory://", "--repeat", "1"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
-    assert len(result.stderr.strip().splitlines()) == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "gopher://x/" in line and "no raw baseline" in line
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,8 @@ def test_failed_reminder_becomes_offline_message() -> None:
     clock = Clock(T0)
     silo = make_silo(clock, timezone="UTC", **REMINDERS)
     mid = silo.store(message(body=b"x"), send_at=T0).mid
-    [out] = silo.tick()
+    [reminded] = silo.tick()
+    assert reminded.mid == mid
     assert silo.on_reply(mid, 404) is ReplyOutcome.RETRY
     assert silo.get(mid).snd_time == 0
     assert silo.stats.failed_reminders == 1
@@ -257,3 +258,11 @@ def test_from_settings_opens_the_url() -> None:
     silo = Silo.from_settings(settings(db_url="memory://"))
     assert silo.store(message()).stored
     silo.close()
+
+
+def test_reminder_for_a_tel_owner_escapes_the_user() -> None:
+    clock = Clock(T0)
+    silo = make_silo(clock, **REMINDERS)
+    silo.store(message(), owner="tel:*21#;phone-context=example.com", send_at=T0)
+    [out] = silo.tick()
+    assert out.ruri == "sip:*21%23@example.com"

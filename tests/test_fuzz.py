@@ -49,16 +49,56 @@ FUZZ_SETTINGS = settings(
 
 # ---- strategies -------------------------------------------------------------------------------
 
-URI_PIECES = [
-    "sip:", "sips:", "tel:", "SIP:", "+1", "-555-", "alice", "bob", "@", "example.com", ".",
-    ":", ":5060", ":99999", ";transport=tcp", ";lr", ";maddr=[::1]", ";phone-context=",
-    "?", "&", "=", "%", "%2", "%41", "%7b", "%00", "[", "2001:db8::1", "::", "]", "<", ">",
-    '"', "\\", " ", "\t", ",", ";tag=", ";expires=0", "*", "$", "{", "}", "é", "\r", "\n",
-    "\x00", "\x7f", "\ud800",
-]  # fmt: skip
+HOSTILE_CHARS = '<>"\\;:,@?&=%*$[]{}() \t\r\n\x00\x7f\u00e9\u2603\ud800'
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: st.SearchStrategy[str]) -> str:
+    """A value from ``base`` with up to three characters inserted, deleted or replaced."""
+    text = draw(base)
+    for _ in range(draw(st.integers(0, 3))):
+        pos = draw(st.integers(0, len(text)))
+        char = draw(st.one_of(st.sampled_from(HOSTILE_CHARS), st.characters()))
+        edit = draw(st.sampled_from(["insert", "delete", "replace"]))
+        if edit == "insert":
+            text = text[:pos] + char + text[pos:]
+        elif edit == "delete":
+            text = text[:pos] + text[pos + 1 :]
+        else:
+            text = text[:pos] + char + text[pos + 1 :]
+    return text
+
+
+def _join(*parts: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.tuples(*parts).map("".join)
+
+
+USERS = ["alice", "bob", "%7Bx%7D", "a;b", "$where", "*", "+1-555", "u%00", "a:pw"]
+HOSTS = ["example.com", "EXAMPLE.com.", "192.0.2.1", "[2001:db8::1]", "a-b.c", "x"]
+sip_uris = _join(
+    st.sampled_from(["sip:", "sips:", "SIP:"]),
+    st.one_of(st.just(""), st.sampled_from(USERS).map(lambda u: u + "@")),
+    st.sampled_from(HOSTS),
+    st.sampled_from(["", ":5060", ":65535", ":0"]),
+    st.lists(
+        st.sampled_from([";transport=tcp", ";lr", ";maddr=[::1]", ";x=%41", ";y"]), max_size=3
+    ).map("".join),
+    st.sampled_from(["", "?subject=hi", "?a=b&c=d"]),
+)
+tel_uris = _join(
+    st.just("tel:"),
+    st.sampled_from(["+1-555-0100", "555", "*21#", "+", "12ab"]),
+    st.sampled_from(["", ";phone-context=example.com", ";ext=12", ";isub=x"]),
+)
+name_addrs = _join(
+    st.sampled_from(["", "Bob ", '"Bob \\"B\\"" ', '"J\u00f6rg" ', "J\u00f6rg"]),
+    st.one_of(sip_uris, tel_uris).map(lambda u: f"<{u}>"),
+    st.sampled_from(["", ";tag=1", ";expires=0", ';methods="MESSAGE,INVITE"', ";q=0.5"]),
+)
 uri_texts = st.one_of(
-    st.text(max_size=120),
-    st.lists(st.one_of(st.sampled_from(URI_PIECES), st.text(max_size=4)), max_size=24).map("".join),
+    mutated(st.one_of(sip_uris, tel_uris, name_addrs)),
+    st.lists(name_addrs, min_size=1, max_size=3).map(", ".join),
+    st.text(max_size=80),
 )
 
 TEMPLATE_PIECES = [
@@ -74,45 +114,55 @@ template_texts = st.one_of(
     ),
 )
 
-HEADER_NAMES = [
-    "From", "f", "To", "t", "Contact", "m", "Expires", "Allow", "Content-Type", "c",
-    "Content-Length", "l", "Call-ID", "i", "CSeq", "Via", "Subject", "P-Asserted-Identity",
-    "X-Custom", "", " From", "To ", "Fr:om", "T\u00f6",
-]  # fmt: skip
-HEADER_VALUES = [
-    "<sip:alice@example.com>", "sip:alice@example.com;tag=1", '"A \\"B\\"" <sip:a@b.c>;tag=x',
-    "<sip:bob@example.org>;tag=9", "*", "0", "3600", "-1", "99999999999999999999", "MESSAGE",
-    "INVITE, MESSAGE", "text/plain", "text/plain; charset=utf-8", "application/json",
-    "<sip:a@192.0.2.1>;expires=0;methods=\"INVITE\"", "<tel:+1-555>", "", " ", "5", "1 MESSAGE",
-]  # fmt: skip
-START_LINES = [
-    "MESSAGE sip:alice@example.com SIP/2.0", "REGISTER sip:example.com SIP/2.0",
-    "MESSAGE sip:example.com SIP/2.0", "message tel:+1555 sip/2.0", "SIP/2.0 200 OK",
-    "MESSAGE  sip:a@b SIP/2.0", "MESSAGE sip:a@b SIP/3.0", "",
-]  # fmt: skip
+VALUES = {
+    "From": name_addrs,
+    "To": name_addrs,
+    "Contact": st.one_of(st.lists(name_addrs, min_size=1, max_size=3).map(", ".join), st.just("*")),
+    "Expires": st.sampled_from(["0", "3600", "-1", "99999999999999999999", " 12abc", ""]),
+    "Allow": st.sampled_from(["INVITE, MESSAGE", "INVITE", "message", ""]),
+    "Content-Type": st.sampled_from(["text/plain", "text/plain; charset=utf-8", "a/b", "x"]),
+    "Subject": st.text(max_size=20),
+    "P-Asserted-Identity": name_addrs,
+    "CSeq": st.sampled_from(["1 MESSAGE", "x", ""]),
+}
+COMPACT = {"From": "f", "To": "t", "Contact": "m", "Content-Type": "c"}
+
+
+@st.composite
+def header_lines(draw: st.DrawFn) -> list[str]:
+    names = draw(st.lists(st.sampled_from(sorted(VALUES)), max_size=8))
+    lines = []
+    for name in ["From", "To", *names]:
+        shown = COMPACT.get(name, name) if draw(st.booleans()) else name
+        lines.append(f"{shown}: {draw(VALUES[name])}")
+    return lines
 
 
 @st.composite
 def sip_messages(draw: st.DrawFn) -> bytes:
-    """Requests built from plausible and hostile pieces, line endings and lengths."""
-    text = st.one_of(st.sampled_from(HEADER_VALUES), st.text(max_size=30), uri_texts)
-    start = draw(st.one_of(st.sampled_from(START_LINES), st.text(max_size=40)))
-    headers = draw(
-        st.lists(
-            st.tuples(st.one_of(st.sampled_from(HEADER_NAMES), st.text(max_size=8)), text),
-            max_size=12,
+    """Mostly well-formed requests (so the deep paths run) with a few hostile edits, and now
+    and then plain garbage."""
+    start = draw(
+        _join(
+            st.sampled_from(["MESSAGE ", "REGISTER ", "message ", "INVITE "]),
+            st.one_of(sip_uris, tel_uris),
+            st.sampled_from([" SIP/2.0", " sip/2.0", " SIP/3.0"]),
         )
     )
-    eol = draw(st.sampled_from(["\r\n", "\r\n", "\n", "\r"]))
-    sep = draw(st.sampled_from([": ", ":", " : ", ":\t"]))
+    lines = [start, *draw(header_lines())]
+    if draw(st.integers(0, 4)) == 0:  # one line rewritten with hostile edits
+        index = draw(st.integers(0, len(lines) - 1))
+        lines[index] = draw(mutated(st.just(lines[index])))
     body = draw(st.binary(max_size=200))
-    length = draw(st.sampled_from(["exact", "none", "short", "long", "junk"]))
-    lines = [start, *(f"{n}{sep}{v}" for n, v in headers)]
+    length = draw(st.sampled_from(["exact", "exact", "none", "short", "long", "junk"]))
     if length != "none":
         size = {"exact": len(body), "short": max(0, len(body) - 3), "long": len(body) + 3}
         lines.append(f"Content-Length: {size.get(length, 'x1')}")
-    head = eol.join(lines) + eol + eol
-    return head.encode("utf-8", "surrogatepass") + body
+    eol = draw(st.sampled_from(["\r\n", "\r\n", "\n"]))
+    raw = (eol.join(lines) + eol + eol).encode("utf-8", "surrogatepass") + body
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=300)) + raw[draw(st.integers(0, len(raw))) :]
+    return raw
 
 
 # ---- properties -------------------------------------------------------------------------------

@@ -303,3 +303,9 @@ def test_notice_with_a_non_sip_contact_goes_to_from() -> None:
     silo = make_silo(**NOTICE)
     req = message(extra=[("Contact", "<mailto:bob@example.org>")])
     assert silo.store(req).notice.ruri == "sip:bob@example.org"
+
+
+def test_tel_owner_keeps_its_phone_context() -> None:
+    silo = make_silo()
+    row = silo.get(silo.store(message(), owner="tel:7042;phone-context=Example.COM").mid)
+    assert (row.username, row.domain) == ("7042", "example.com")

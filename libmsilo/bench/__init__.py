@@ -9,6 +9,7 @@ The baselines (:mod:`.raw_sql`, :mod:`.raw_redis`, :mod:`.raw_mongo`) use the ba
 
 from __future__ import annotations
 
+from ..errors import MsiloError
 from .report import BenchReport, machine_info, write_png
 from .runner import (
     BackendResult,
@@ -16,6 +17,7 @@ from .runner import (
     BenchError,
     Measurement,
     Progress,
+    redact,
     run_backend,
     total_steps,
 )
@@ -35,8 +37,15 @@ __all__ = [
 
 
 def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchReport:
-    """Measure every backend of ``config`` in turn; ``progress`` is called once per step."""
+    """Measure every backend of ``config`` in turn; ``progress`` is called once per step.
+
+    A backend that fails (unreachable, no baseline) is listed in ``report.failures`` and the
+    others are still measured.
+    """
     report = BenchReport(config)
     for url in config.urls:
-        report.backends.append(run_backend(url, config, progress or (lambda _: None)))
+        try:
+            report.backends.append(run_backend(url, config, progress or (lambda _: None)))
+        except MsiloError as exc:
+            report.failures.append((redact(url), f"{type(exc).__name__}: {exc}"))
     return report

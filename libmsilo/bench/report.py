@@ -74,6 +74,7 @@ class BenchReport:
 
     config: BenchConfig
     backends: list[BackendResult] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (URL, error)
     date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     machine: dict[str, Any] = field(default_factory=machine_info)
 
@@ -106,6 +107,7 @@ class BenchReport:
                 }
                 for b in self.backends
             ],
+            "failures": [{"url": url, "error": error} for url, error in self.failures],
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from ..drivers.base import StoredMessage
 from ..errors import InvalidRequest, InvalidURI
 from ..message import MessageKind, OutgoingMessage, SipRequest
 from ..settings import MsiloSettings, Profile
 from ..timefmt import ctime24, rfc1123
-from ..uri import NameAddr, parse_name_addr, parse_uri
+from ..uri import NameAddr, parse_uri
 from .limits import CONTROL, MIME
+from .owner import parse_uri_argument
+
+# unreserved marks and user-unreserved characters, plus '%' so existing escapes stay as they are
+_USER_SAFE = "-_.!~*'()&=+$,;?/%"
 
 __all__ = [
     "DumpPlan",
@@ -94,10 +99,7 @@ def _stored_value(value: str, what: str, mid: int) -> str:
 def dump_target(plan: DumpPlan, settings: MsiloSettings, contact: str | None) -> str | None:
     """The Request-URI of dumped messages, or None for each row's stored To URI [§3.6]."""
     if contact is not None:
-        # A bare URI keeps its ;params (RFC 3261 §20.10 would read them as header params).
-        text = contact.strip()
-        uri = parse_name_addr(text).uri if "<" in text else parse_uri(text)
-        return str(uri)
+        return str(parse_uri_argument(contact))
     if plan.contact is not None and settings.profile is Profile.LIBMSILO:
         return str(plan.contact.uri)
     return None
@@ -139,7 +141,8 @@ def reminder_message(
         raise InvalidRequest("reminders are off (no reminder From URI)")
     user = _stored_value(msg.username, "username", msg.mid)
     domain = _stored_value(msg.domain, "domain", msg.mid)
-    target = str(parse_uri(f"sip:{user}@{domain}"))
+    # Escape what a SIP user part may not hold (e.g. '#' of a tel: owner), RFC 3261 §25.1.
+    target = str(parse_uri(f"sip:{quote(user, safe=_USER_SAFE)}@{domain}"))
     headers: list[tuple[str, str]] = []
     if msg.ctype:
         headers.append(("Content-Type", _stored_value(msg.ctype, "ctype", msg.mid)))

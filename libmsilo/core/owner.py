@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..errors import InvalidRequest, InvalidURI
 from ..message import SipRequest
-from ..uri import URI, aor, parse_name_addr
+from ..uri import URI, aor, parse_name_addr, parse_uri
 from .limits import MAX_OWNER_PART
 
-__all__ = ["choose_owner", "dump_owner", "split_owner_uri"]
+__all__ = ["choose_owner", "dump_owner", "parse_uri_argument", "split_owner_uri"]
 
 
 def _owner_of(uri: URI, what: str, *, need_host: bool) -> tuple[str, str]:
@@ -21,12 +21,18 @@ def _owner_of(uri: URI, what: str, *, need_host: bool) -> tuple[str, str]:
     return user, host
 
 
+def parse_uri_argument(text: str) -> URI:
+    """A URI given by the host: a bare URI keeps its ``;params`` (RFC 3261 §20.10 would read
+    them as header parameters of an addr-spec); a name-addr ``"A" <sip:…>`` works too."""
+    text = text.strip()
+    return parse_name_addr(text).uri if "<" in text else parse_uri(text)
+
+
 def _parse_owner(owner: str) -> URI:
     try:
-        uri = parse_name_addr(owner).uri
+        return parse_uri_argument(owner)
     except InvalidURI as exc:
         raise InvalidURI(f"owner is not a SIP, SIPS or TEL URI: {exc}") from exc
-    return uri
 
 
 def choose_owner(request: SipRequest, owner: str | None = None) -> tuple[str, str]:
