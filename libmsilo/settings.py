@@ -39,6 +39,9 @@ _PRESETS: dict[Profile, dict[str, Any]] = {
     Profile.KAMAILIO: {"sc_mid": "id", "check_time": 60, "clean_period": 10, "add_contact": False},
 }
 
+#: RFC 3261 Timer F for T1 = 500 ms: a non-INVITE transaction ends within 32 s.
+TRANSACTION_TIMEOUT = 32
+
 _TEMPLATES = ("from_address", "contact_hdr", "offline_message", "content_type_hdr")
 _COLUMNS = (
     "sc_mid",
@@ -72,6 +75,7 @@ class MsiloSettings(BaseSettings):
     outbound_proxy: str | None = None
     expire_time: int = Field(259200, gt=0)
     check_time: int = Field(30, gt=0)
+    lease_time: int | None = Field(None, gt=0)
     send_time: int = Field(0, ge=0)
     clean_period: int = Field(5, gt=0)
     use_contact: bool = True
@@ -168,6 +172,18 @@ class MsiloSettings(BaseSettings):
         """The compiled template of ``from_address``, ``contact_hdr``, ``offline_message`` or
         ``content_type_hdr`` (None when unset)."""
         return self._templates.get(name)
+
+    @property
+    def lease_seconds(self) -> int:
+        """How long a dumped or reminded message stays leased awaiting its reply.
+
+        ``lease_time`` when set; else ``check_time``, but at least 32 s: RFC 3261 Timer F
+        (64*T1), the longest a MESSAGE transaction waits for its final reply, so a reply that
+        arrives in time always finds its lease.
+        """
+        if self.lease_time is not None:
+            return self.lease_time
+        return max(self.check_time, TRANSACTION_TIMEOUT)
 
     @property
     def notices_enabled(self) -> bool:

@@ -185,7 +185,7 @@ class Silo:
         now = self._now()
         token = uuid.uuid4().hex
         rows = self.driver.claim(
-            username, domain, now, now + self.settings.check_time, token, max(0, max_messages)
+            username, domain, now, now + self.settings.lease_seconds, token, max(0, max_messages)
         )
         return self._outgoing(rows, MessageKind.DUMP, token, now, target)
 
@@ -210,7 +210,7 @@ class Silo:
                 self._finish_failed(row.mid, token, kind)
                 continue
             with self._lock:
-                self._inflight[row.mid] = _Flight(token, kind, now + self.settings.check_time)
+                self._inflight[row.mid] = _Flight(token, kind, now + self.settings.lease_seconds)
             out.append(msg)
         return out
 
@@ -269,7 +269,7 @@ class Silo:
         if not remind:
             return []
         token = uuid.uuid4().hex
-        rows = self.driver.claim_due_reminders(second, second + self.settings.check_time, token)
+        rows = self.driver.claim_due_reminders(second, second + self.settings.lease_seconds, token)
         return self._outgoing(rows, MessageKind.REMINDER, token, second)
 
     def run_forever(

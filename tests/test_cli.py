@@ -335,4 +335,4 @@ def test_demo_on_memory() -> None:
 @pytest.mark.parametrize("command", ["demo", "init"])
 def test_unreachable_database_when_creating_the_schema(command: str) -> None:
     line = fails(command, "--db-url", "postgresql+psycopg://root@127.0.0.1:1/x")
-    assert "Storage" in line and "127.0.0.1" in line
+    assert "StorageUnavailable" in line and "127.0.0.1" in line

@@ -86,7 +86,7 @@ def test_late_failure_does_not_release_a_newer_lease() -> None:
     other = Silo(shared.driver, shared.settings, clock=clock)  # a second server, same store
     mid = shared.store(message()).mid
     [first] = shared.dump(register())
-    clock.advance(shared.settings.check_time)  # lease lost without a reply
+    clock.advance(shared.settings.lease_seconds)  # lease lost without a reply
     [second] = other.dump(register())
     assert second.lease_token != first.lease_token
     assert shared.on_reply(mid, 500) is ReplyOutcome.IGNORED  # stale lease: nothing changes

@@ -143,14 +143,35 @@ def test_max_messages_per_dump() -> None:
 
 def test_leased_rows_are_not_dumped_twice() -> None:
     clock = Clock(T0)
-    silo = make_silo(clock, check_time=30)
+    silo = make_silo(clock, check_time=40)
     stored(silo, 2)
     assert len(silo.dump(register())) == 2
     assert silo.dump(register()) == []
-    clock.advance(29)
+    clock.advance(39)
     assert silo.dump(register()) == []
     clock.advance(1)  # the lease ran out without a reply: at-least-once delivery
     assert len(silo.dump(register())) == 2
+
+
+@pytest.mark.parametrize(
+    ("values", "lease"),
+    [
+        ({"check_time": 5}, 32),
+        ({"check_time": 30}, 32),
+        ({"check_time": 60}, 60),
+        ({"check_time": 5, "lease_time": 3}, 3),
+    ],
+)
+def test_the_lease_outlives_a_sip_transaction(values: dict[str, int], lease: int) -> None:
+    clock = Clock(T0)
+    silo = make_silo(clock, **values)
+    stored(silo)
+    [out] = silo.dump(register())
+    assert silo.get(out.mid).lease_until == T0 + lease
+    clock.advance(lease - 1)
+    assert silo.dump(register()) == []
+    clock.advance(1)
+    assert len(silo.dump(register())) == 1
 
 
 # ---- the MESSAGE

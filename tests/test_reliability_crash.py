@@ -1,7 +1,7 @@
 """Worker processes killed with SIGKILL: after claiming a dump, and in the middle of storing.
 
 - A worker that dumped (``Silo.dump`` returned, the messages are leased to it) and dies before
-  it replies loses nothing: once the lease (``check_time`` = 2 s, real clock) runs out, other
+  it replies loses nothing: once the lease (``lease_time`` = 2 s, real clock) runs out, other
   workers deliver those messages, each exactly once overall, and not a moment before.
 - A worker killed while it loops storing leaves every message either whole (every field,
   body byte-exact) or absent, and the messages it had stored form an unbroken prefix.
@@ -36,7 +36,7 @@ from tests.helpers import message
 
 pytestmark = pytest.mark.slow
 
-LEASE = 2  # check_time: the delivery lease, in seconds
+LEASE = 2  # lease_time: the delivery lease, in seconds
 EXPIRE = 259200
 OWNERS = [f"sip:crash{i}@example.com" for i in range(3)]
 CTYPE = "application/octet-stream"
@@ -48,7 +48,7 @@ ROUNDS = 6  # kills per backend in the mid-store test
 
 def _settings(url: str, table: str) -> MsiloSettings:
     return MsiloSettings(
-        db_url=url, db_table=table, timezone="UTC", check_time=LEASE, add_date=False
+        db_url=url, db_table=table, timezone="UTC", lease_time=LEASE, add_date=False
     )
 
 

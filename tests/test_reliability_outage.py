@@ -54,7 +54,7 @@ def _settings(url: str, table: str, **kw: Any) -> MsiloSettings:
         "db_table": table,
         "timezone": "UTC",
         "db_timeout": TIMEOUT,
-        "check_time": 1,
+        "lease_time": 1,
         "add_date": False,
     }
     values.update(kw)
@@ -236,7 +236,7 @@ def test_cut_at_every_point_of_a_store(rig: Rig, direction: CutDirection) -> Non
 @pytest.mark.parametrize("direction", list(CutDirection), ids=lambda d: d.value)
 def test_cut_at_every_point_of_a_dump(rig: Rig, direction: CutDirection) -> None:
     """Cut a dump at each chunk of its round trips. A claim the server made but whose answer was
-    lost stays leased for check_time (1 s) and is then delivered: nothing is lost or doubled."""
+    lost stays leased for lease_time (1 s) and is then delivered: nothing is lost or doubled."""
     silo, direct, proxy = rig.silo, rig.direct, rig.proxy
     stored = {store_msg(silo, f"m{i}"): body_for(f"m{i}") for i in range(4)}
     delivered: list[int] = []

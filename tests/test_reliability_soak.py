@@ -49,6 +49,7 @@ def _settings(url: str, table: str) -> MsiloSettings:
         db_table=table,
         timezone="UTC",
         check_time=LEASE,
+        lease_time=LEASE,
         clean_period=1,
         add_date=False,
     )
