@@ -217,7 +217,12 @@ class Silo:
     # ---- replies
 
     def on_reply(self, mid: int, status_code: int, *, token: str | None = None) -> ReplyOutcome:
-        """Hand back the final (or provisional) reply to a dumped or reminded MESSAGE."""
+        """Hand back the final (or provisional) reply to a dumped or reminded MESSAGE.
+
+        Pass ``token=msg.lease_token`` when the reply may reach another ``Silo`` than the one
+        that sent the message: without it a failure there cannot tell its lease from a newer
+        delivery's, so it is left to run out (the message is retried then, never doubled).
+        """
         verdict = classify_reply(status_code)
         if verdict is ReplyClass.PROVISIONAL:
             return ReplyOutcome.PENDING
@@ -230,6 +235,8 @@ class Silo:
             if row is None or row.lease_token is None:
                 return ReplyOutcome.IGNORED
             kind = MessageKind.REMINDER if row.snd_time > 0 else MessageKind.DUMP
+            if verdict is ReplyClass.FAILED and token is None:
+                return ReplyOutcome.IGNORED
         if verdict is ReplyClass.DELIVERED:
             if not self.driver.delete(mid):
                 return ReplyOutcome.IGNORED

@@ -100,6 +100,9 @@ def test_reply_reaching_another_server() -> None:
     b = Silo(a.driver, a.settings, clock=clock)
     a.store(message())
     [out] = a.dump(register())
+    # without the token another server cannot tell this lease from a newer one: it waits
+    assert b.on_reply(out.mid, 500) is ReplyOutcome.IGNORED
+    assert b.dump(register()) == []
     assert b.on_reply(out.mid, 500, token=out.lease_token) is ReplyOutcome.RETRY
     [out] = a.dump(register())
     assert b.on_reply(out.mid, 200) is ReplyOutcome.DELIVERED

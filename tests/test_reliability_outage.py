@@ -41,6 +41,7 @@ TIMEOUT = 2.0  # db_timeout of every Silo here
 BOUND = 4 * TIMEOUT  # a call during an outage must fail within this (seconds)
 OWNER = "sip:alice@example.com"
 NETWORK = ["postgresql", "mysql", "redis"]
+pytestmark = pytest.mark.slow  # seconds of timeouts and lease waits per test
 
 # A stalled connection (a partition, or a hung server) is not bounded by db_timeout on these two;
 # see docs/RELIABILITY.md and the report of issue 6 for the failures and the proposed fixes.
