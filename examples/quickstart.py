@@ -70,4 +70,6 @@ def main(db_url: str = "memory://") -> list[OutgoingMessage]:
 
 if __name__ == "__main__":
     for message in main(*sys.argv[1:2]):
-        print(f"--- {message.kind.value}\n{message.to_bytes(call_id='demo', from_tag='1').decode()}")
+        print(
+            f"--- {message.kind.value}\n{message.to_bytes(call_id='demo', from_tag='1').decode()}"
+        )
