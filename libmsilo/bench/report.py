@@ -137,7 +137,7 @@ def write_png(report: BenchReport, path: str | os.PathLike[str]) -> None:
             found = [m for m in b.measurements if m.op == op and m.table_rows in (0, smallest)]
             ratios.append(found[0].ratio if found else 0.0)
         xs = [k + (i - (len(report.backends) - 1) / 2) * width for k in range(len(ops))]
-        left.bar(xs, ratios, width, label=_label(b))
+        left.bar(xs, ratios, width, label=_label(b), color=f"C{i}")
     left.axhline(1.0, color="black", linewidth=0.8)
     left.axhline(1.25, color="grey", linestyle="--", linewidth=0.8, label="goal 1.25")
     left.axhline(1.5, color="grey", linestyle=":", linewidth=0.8, label="goal 1.5 (SQLite)")
@@ -146,7 +146,7 @@ def write_png(report: BenchReport, path: str | os.PathLike[str]) -> None:
     left.set_title(f"libmsilo vs raw driver ({smallest:,} other rows)")
     left.legend(fontsize="small")
 
-    for b in report.backends:
+    for i, b in enumerate(report.backends):  # the same colour per backend in both panels
         for op, style in (("dump", "-o"), ("purge", "--s")):
             points = sorted(
                 (m.table_rows, m.lib_median / max(1, m.items)) for m in b.measurements if m.op == op
@@ -156,6 +156,7 @@ def write_png(report: BenchReport, path: str | os.PathLike[str]) -> None:
                     [p[0] for p in points],
                     [p[1] * 1e6 for p in points],
                     style,
+                    color=f"C{i}",
                     label=f"{_label(b)} {op}",
                 )
     right.set_xscale("symlog", linthresh=1000)
