@@ -64,6 +64,8 @@ def notice_target(request: SipRequest, use_contact: bool) -> str:
 
 def build_notice(request: SipRequest, settings: MsiloSettings, now: int) -> OutgoingMessage | None:
     """The "recipient is offline" notice for a stored request, or None [§2.9]."""
+    if not settings.notices_enabled:
+        return None
     from_t = settings.template("from_address")
     body_t = settings.template("offline_message")
     ctype_t = settings.template("content_type_hdr")

@@ -82,6 +82,8 @@ def _find(scheme: str) -> DriverFactory:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
+            if (exc.name or "").startswith("libmsilo"):
+                raise  # a broken libmsilo module, not a missing optional package
             hint = f"; install it with: pip install 'libmsilo[{extra}]'" if extra else ""
             raise SettingsError(
                 f"db_url: the {scheme!r} driver needs a missing package ({exc.name}){hint}"

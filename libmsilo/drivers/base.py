@@ -46,6 +46,12 @@ class NewMessage:
         return self.snd_time > 0
 
 
+#: The message fields (columns) in :class:`NewMessage` order.
+MESSAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(NewMessage))
+#: The delivery-state fields a stored row adds, besides its id.
+LEASE_FIELDS: tuple[str, ...] = ("lease_token", "lease_until", "attempts")
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage(NewMessage):
     """A stored row: the message plus its id and delivery state."""
@@ -65,7 +71,7 @@ class StoredMessage(NewMessage):
         attempts: int = 0,
     ) -> StoredMessage:
         """Build a stored record from ``msg`` and the delivery fields."""
-        values = {f.name: getattr(msg, f.name) for f in fields(NewMessage)}
+        values = {name: getattr(msg, name) for name in MESSAGE_FIELDS}
         return cls(
             **values,
             mid=mid,
@@ -73,12 +79,6 @@ class StoredMessage(NewMessage):
             lease_until=lease_until,
             attempts=attempts,
         )
-
-
-#: The message fields (columns) in :class:`NewMessage` order.
-MESSAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(NewMessage))
-#: The delivery-state fields a stored row adds, besides its id.
-LEASE_FIELDS: tuple[str, ...] = ("lease_token", "lease_until", "attempts")
 
 
 class ReleaseResult(enum.Enum):
