@@ -166,7 +166,10 @@ class MsiloSettings(BaseSettings):
     @property
     def zone(self) -> tzinfo:
         """The time zone for reminder times and the body prefix."""
-        return self._zone
+        # Straight from pydantic's private store: this is read for every message rendered.
+        private = self.__pydantic_private__
+        zone: tzinfo = private["_zone"] if private is not None else local_zone()
+        return zone
 
     def template(self, name: str) -> Template | None:
         """The compiled template of ``from_address``, ``contact_hdr``, ``offline_message`` or

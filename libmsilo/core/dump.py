@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 from ..drivers.base import StoredMessage
@@ -77,6 +78,7 @@ def plan_dump(request: SipRequest | None) -> DumpPlan:
     return DumpPlan(False, "the UA does not accept MESSAGE")
 
 
+@lru_cache(maxsize=256)
 def is_text_plain(ctype: str) -> bool:
     """Whether a stored Content-Type parses as ``text/plain`` (parameters allowed) [§3.6]."""
     mime = ctype.split(";", 1)[0].strip()
@@ -132,6 +134,12 @@ def dump_message(
     )
 
 
+@lru_cache(maxsize=4096)
+def _reminder_target(user: str, domain: str) -> str:
+    # Escape what a SIP user part may not hold (e.g. '#' of a tel: owner), RFC 3261 §25.1.
+    return str(parse_uri(f"sip:{quote(user, safe=_USER_SAFE)}@{domain}"))
+
+
 def reminder_message(
     msg: StoredMessage, settings: MsiloSettings, token: str | None
 ) -> OutgoingMessage:
@@ -141,8 +149,7 @@ def reminder_message(
         raise InvalidRequest("reminders are off (no reminder From URI)")
     user = _stored_value(msg.username, "username", msg.mid)
     domain = _stored_value(msg.domain, "domain", msg.mid)
-    # Escape what a SIP user part may not hold (e.g. '#' of a tel: owner), RFC 3261 §25.1.
-    target = str(parse_uri(f"sip:{quote(user, safe=_USER_SAFE)}@{domain}"))
+    target = _reminder_target(user, domain)
     headers: list[tuple[str, str]] = []
     if msg.ctype:
         headers.append(("Content-Type", _stored_value(msg.ctype, "ctype", msg.mid)))
