@@ -3,14 +3,16 @@
 Usage::
 
     pip install atheris            # or: pip install -e '.[dev]'
-    python fuzz/fuzz_msilo.py sip fuzz/corpus/sip -max_total_time=300
-    python fuzz/fuzz_msilo.py uri fuzz/corpus/uri -max_total_time=300
-    python fuzz/fuzz_msilo.py template fuzz/corpus/template -max_total_time=300
-    python fuzz/fuzz_msilo.py store fuzz/corpus/sip -max_total_time=300
+    cp -r fuzz/corpus/sip /tmp/sip  # libFuzzer adds what it finds to the first directory
+    python fuzz/fuzz_msilo.py sip /tmp/sip -max_total_time=300
+    python fuzz/fuzz_msilo.py store /tmp/sip -max_total_time=300
+    python fuzz/fuzz_msilo.py uri <copy of fuzz/corpus/uri> -max_total_time=300
+    python fuzz/fuzz_msilo.py template <copy of fuzz/corpus/template> -max_total_time=300
 
-The first argument names the target in ``fuzz/targets.py``; the rest go to libFuzzer (a corpus
-directory it grows, ``-max_total_time``, ``-runs``, ...). A crash leaves ``crash-<sha1>`` with
-the input: add it to ``REGRESSIONS`` in ``tests/test_fuzz.py``.
+The first argument names the target in ``fuzz/targets.py``; the rest go to libFuzzer (corpus
+directories, ``-max_total_time``, ``-runs``, ...). A crash leaves ``crash-<sha1>`` with the
+input: add it to ``REGRESSIONS`` in ``tests/test_fuzz.py``. ``fuzz/corpus/`` holds only the
+hand-written seeds (CI runs them through the targets).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import atheris
+import atheris  # type: ignore[import-untyped]  # ships no type information
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -34,6 +34,7 @@ __all__ = [
     "PrivateRedis",
     "TcpProxy",
     "free_port",
+    "proxy_to",
     "record",
     "url_with_address",
     "wait_until",
