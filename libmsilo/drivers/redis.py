@@ -21,6 +21,12 @@ another slot or make two owners' keys collide. Bucket keys carry tags of their o
 a bucket entry is written after the message (and removed after it), on standalone Redis the group
 script maintains it in the same atomic step. Either way readers treat an entry whose message is
 gone, or no longer a reminder, as stale and drop it.
+
+Round trips: a store is INCR + one script; a claim, a delete or a release is one script. The
+cross-owner sweeps (due reminders, expiry) read the bucket indexes in one pipeline and then send
+their per-group scripts in one pipeline (a cluster pipeline batches them per node); each script is
+still one atomic step in one slot, so pipelining changes the number of round trips, not what any
+step does.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import functools
 import hashlib
 import logging
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -38,7 +44,6 @@ import redis
 import redis.exceptions as rexc
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.commands.core import Script
 from redis.retry import Retry
 
 from ..errors import SettingsError, StorageError, StorageUnavailable
@@ -54,10 +59,15 @@ log = logging.getLogger("libmsilo")
 GROUPS = 4096
 #: Number of bucket keys per cross-owner index; must divide GROUPS.
 BUCKETS = 16
-#: Most message keys one script call handles (keeps Lua's unpack() within its stack).
+#: Most message keys one script call handles (keeps Lua's unpack() within its stack), and the
+#: page size of index reads.
 _BATCH = 500
 #: Most index pages one sweep reads per bucket (bounds the loop).
 _MAX_PAGES = 1000
+#: Most message keys the scripts of one pipeline handle together (bounds request and reply).
+_PIPELINE_KEYS = 5000
+#: Owners whose key names are kept ready (they repeat: a store, then the dump of the same owner).
+_OWNER_CACHE = 4096
 #: Scripts that run in a bucket's slot (cluster only); the others run in a group's slot.
 _BUCKET_SCRIPTS = frozenset({"index", "unindex"})
 
@@ -72,6 +82,8 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 Client = redis.Redis | RedisCluster
+#: One script call: (script name, keys, arguments after the bucket base).
+Call = tuple[str, Sequence[bytes], Sequence[bytes | int | str]]
 
 
 def _storage_errors(method: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -94,15 +106,45 @@ def _text(value: str) -> bytes:
     return value.encode("utf-8", "surrogatepass")
 
 
-def _untext(value: bytes) -> str:
-    return value.decode("utf-8", "surrogatepass")
-
-
 def owner_group(username: str, domain: str) -> int:
     """The group (hash tag number) of an owner: stable across processes and versions."""
     user, dom = _text(username), _text(domain)
     digest = hashlib.blake2b(b"%d:" % len(user) + user + dom, digest_size=8).digest()
     return int.from_bytes(digest, "big") % GROUPS
+
+
+@functools.lru_cache(maxsize=_OWNER_CACHE)
+def _owner_keys(prefix: bytes, username: str, domain: str) -> tuple[int, bytes, bytes]:
+    """(group, exp set key, off set key) of an owner under ``prefix``."""
+    group = owner_group(username, domain)
+    user = _text(username)
+    stem = b"{%s:g%d}:o:%d:%s@%s:" % (prefix, group, len(user), user, _text(domain))
+    return group, stem + b"exp", stem + b"off"
+
+
+def _group_base(prefix: bytes, group: int) -> bytes:
+    return b"{%s:g%d}:" % (prefix, group)
+
+
+def _record(values: Sequence[Any]) -> StoredMessage:
+    """A StoredMessage from the fields a script returns in RECORD_FIELDS order."""
+    mid, src, dst, user, domain, body, ctype, inc, exp, snd, token, until, attempts = values
+    # Inlined decoding: this runs once per claimed row, the driver's hottest Python.
+    return StoredMessage(
+        (src or b"").decode("utf-8", "surrogatepass"),
+        (dst or b"").decode("utf-8", "surrogatepass"),
+        (user or b"").decode("utf-8", "surrogatepass"),
+        (domain or b"").decode("utf-8", "surrogatepass"),
+        bytes(body or b""),
+        (ctype or b"").decode("utf-8", "surrogatepass"),
+        int(inc) if inc is not None else 0,
+        int(exp) if exp is not None else 0,
+        int(snd) if snd is not None else 0,
+        int(mid) if mid is not None else 0,
+        token.decode("utf-8", "surrogatepass") if token is not None else None,
+        int(until) if until is not None else None,
+        int(attempts) if attempts is not None else 0,
+    )
 
 
 class RedisDriver:
@@ -114,11 +156,25 @@ class RedisDriver:
         self._lock = threading.Lock()
         self._closed = False
         self._prefix = layout.table.encode()
+        self._seq_key = b"{%s:seq}" % self._prefix
         columns = {attr: getattr(layout, attr) for attr in RECORD_FIELDS}
         self._fields = {attr: name.encode() for attr, name in columns.items()}
+        self._record_names = tuple(self._fields[a] for a in RECORD_FIELDS)
         self._sources = build_scripts(columns, BUCKETS)
+        self._shas = {
+            name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+            for name, source in self._sources.items()
+        }
+        self._buckets = [
+            (b"{%s:b%d}:exp" % (self._prefix, b), b"{%s:b%d}:rem" % (self._prefix, b))
+            for b in range(BUCKETS)
+        ]
         self._bucket_base = b""
-        self._scripts: dict[str, Script] = {}
+        self._execute: Callable[..., Any] = self._not_connected
+
+    @staticmethod
+    def _not_connected(*_args: Any) -> Any:
+        raise StorageUnavailable("redis: not connected")
 
     # ---- connection and keys ------------------------------------------------------------------
 
@@ -134,61 +190,72 @@ class RedisDriver:
                     # Standalone: the group scripts keep the bucket indexes in the same step.
                     clustered = isinstance(client, RedisCluster)
                     self._bucket_base = b"" if clustered else b"{%s:" % self._prefix
-                    self._scripts = {
-                        name: client.register_script(self._sources[name]) for name in SCRIPT_NAMES
-                    }
+                    self._execute = client.execute_command
                     self._client = client
         return self._client
 
+    def _command(self, name: str, keys: Sequence[bytes], args: Sequence[Any]) -> tuple[Any, ...]:
+        """The EVALSHA command of one script call; group scripts get the bucket base first."""
+        if name in _BUCKET_SCRIPTS:
+            return ("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        return ("EVALSHA", self._shas[name], len(keys), *keys, self._bucket_base, *args)
+
     def _run(self, name: str, keys: Sequence[bytes], args: Sequence[bytes | int | str]) -> Any:
+        """Run one script (EVALSHA straight away; loaded and retried once on NOSCRIPT)."""
         client = self.client
-        if name not in _BUCKET_SCRIPTS:
-            args = [self._bucket_base, *args]
-        # redis-py's Script reloads the source and retries once on NOSCRIPT.
-        return self._scripts[name](keys=list(keys), args=list(args), client=client)
+        command = self._command(name, keys, args)
+        try:
+            return self._execute(*command)
+        except rexc.NoScriptError:
+            client.script_load(self._sources[name])
+            return self._execute(*command)
 
-    def _group_base(self, group: int) -> bytes:
-        return b"{%s:g%d}:" % (self._prefix, group)
+    def _run_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Run script calls in pipelines, replies in call order. Calls refused with NOSCRIPT
+        (which did not run) are sent again once their scripts are loaded; any other error is
+        raised after every reply was read."""
+        replies: list[Any] = [None] * len(calls)
+        start = 0
+        while start < len(calls):
+            end, keys = start, 0
+            while end < len(calls) and (
+                end == start or keys + len(calls[end][1]) <= _PIPELINE_KEYS
+            ):
+                keys += len(calls[end][1])
+                end += 1
+            self._pipeline(calls, range(start, end), replies)
+            start = end
+        return replies
 
-    def _msg_base(self, group: int) -> bytes:
-        return self._group_base(group) + b"m:"
+    def _pipeline(self, calls: Sequence[Call], todo: Iterable[int], replies: list[Any]) -> None:
+        client = self.client
+        todo = list(todo)
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                pipe.execute_command(*self._command(*calls[i]))
+            missing: list[int] = []
+            for i, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, rexc.NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    replies[i] = reply
+            if not missing:
+                return
+            for name in sorted({calls[i][0] for i in missing}):
+                client.script_load(self._sources[name])
+            todo = missing
 
     def _msg_key(self, mid: int) -> bytes:
-        return self._msg_base(mid % GROUPS) + str(mid).encode()
+        return b"{%s:g%d}:m:%d" % (self._prefix, mid % GROUPS, mid)
 
     def _owner_keys(self, username: str, domain: str) -> tuple[int, bytes, bytes]:
-        group = owner_group(username, domain)
-        user = _text(username)
-        stem = self._group_base(group) + b"o:%d:" % len(user) + user + b"@" + _text(domain) + b":"
-        return group, stem + b"exp", stem + b"off"
+        return _owner_keys(self._prefix, username, domain)
 
     def _bucket_keys(self, bucket: int) -> tuple[bytes, bytes]:
-        base = b"{%s:b%d}:" % (self._prefix, bucket)
-        return base + b"exp", base + b"rem"
-
-    def _record(self, values: Sequence[Any]) -> StoredMessage:
-        v = dict(zip(RECORD_FIELDS, values, strict=True))
-
-        def num(attr: str) -> int:
-            raw = v[attr]
-            return int(raw) if raw is not None else 0
-
-        token, until = v["lease_token"], v["lease_until"]
-        return StoredMessage(
-            src_addr=_untext(v["src_addr"] or b""),
-            dst_addr=_untext(v["dst_addr"] or b""),
-            username=_untext(v["username"] or b""),
-            domain=_untext(v["domain"] or b""),
-            body=bytes(v["body"] or b""),
-            ctype=_untext(v["ctype"] or b""),
-            inc_time=num("inc_time"),
-            exp_time=num("exp_time"),
-            snd_time=num("snd_time"),
-            mid=num("mid"),
-            lease_token=_untext(token) if token is not None else None,
-            lease_until=int(until) if until is not None else None,
-            attempts=num("attempts"),
-        )
+        return self._buckets[bucket]
 
     def _unindex(self, mids: Iterable[int], *, also_exp: bool) -> None:
         """Drop ``mids`` from the bucket indexes (reminders only unless ``also_exp``); on a
@@ -198,10 +265,30 @@ class RedisDriver:
         by_bucket: dict[int, list[int]] = defaultdict(list)
         for mid in mids:
             by_bucket[mid % BUCKETS].append(mid)
-        for bucket, group in by_bucket.items():
-            for i in range(0, len(group), _BATCH):
-                chunk = group[i : i + _BATCH]
-                self._run("unindex", self._bucket_keys(bucket), [int(also_exp), *chunk])
+        calls: list[Call] = [
+            ("unindex", self._buckets[bucket], [int(also_exp), *group[i : i + _BATCH]])
+            for bucket, group in by_bucket.items()
+            for i in range(0, len(group), _BATCH)
+        ]
+        self._run_many(calls)
+
+    def _read_indexes(self, keys: Sequence[bytes], now: int) -> list[int]:
+        """The members of every key in ``keys`` with score <= ``now``, read in pipelined pages."""
+        found: list[int] = []
+        pending = list(keys)
+        for page in range(_MAX_PAGES):
+            if not pending:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for key in pending:
+                pipe.zrangebyscore(key, "-inf", now, start=page * _BATCH, num=_BATCH)
+            more: list[bytes] = []
+            for key, got in zip(pending, pipe.execute(), strict=True):
+                found += _ints(got)
+                if len(got) >= _BATCH:
+                    more.append(key)
+            pending = more
+        return found
 
     # ---- schema -------------------------------------------------------------------------------
 
@@ -209,8 +296,8 @@ class RedisDriver:
     def create_schema(self) -> None:
         """Load the scripts (on every primary in cluster mode); Redis needs nothing else."""
         client = self.client
-        for script in self._scripts.values():
-            client.script_load(script.script)
+        for name in SCRIPT_NAMES:
+            client.script_load(self._sources[name])
 
     @_storage_errors
     def drop_schema(self) -> None:
@@ -250,10 +337,13 @@ class RedisDriver:
     @_storage_errors
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
         """Store ``msg`` unless its owner is at quota (checked inside the insert script)."""
-        group, exp_key, off_key = self._owner_keys(msg.username, msg.domain)
-        mid = int(self.client.incr(b"{%s:seq}" % self._prefix)) * GROUPS + group
+        group, exp_key, off_key = _owner_keys(self._prefix, msg.username, msg.domain)
+        mid = int(self.client.incr(self._seq_key)) * GROUPS + group
+        msg_key = b"{%s:g%d}:m:%d" % (self._prefix, group, mid)
+        inc, exp, snd = msg.inc_time, msg.exp_time, msg.snd_time
         f = self._fields
-        values: list[bytes | int] = [
+        args = (
+            *(max_messages, inc, exp, snd, mid),
             *(f["mid"], mid),
             *(f["src_addr"], _text(msg.src_addr)),
             *(f["dst_addr"], _text(msg.dst_addr)),
@@ -261,24 +351,22 @@ class RedisDriver:
             *(f["domain"], _text(msg.domain)),
             *(f["body"], bytes(msg.body)),
             *(f["ctype"], _text(msg.ctype)),
-            *(f["inc_time"], msg.inc_time),
-            *(f["exp_time"], msg.exp_time),
-            *(f["snd_time"], msg.snd_time),
+            *(f["inc_time"], inc),
+            *(f["exp_time"], exp),
+            *(f["snd_time"], snd),
             *(f["attempts"], 0),
-        ]
-        args = [max_messages, msg.inc_time, msg.exp_time, msg.snd_time, mid, *values]
-        msg_key = self._msg_key(mid)
-        if not self._run("insert", [exp_key, off_key, msg_key], args):
+        )
+        if not self._run("insert", (exp_key, off_key, msg_key), args):
             return None
         if self._bucket_base:
             return mid
         try:
-            self._run("index", self._bucket_keys(mid % BUCKETS), [mid, msg.exp_time, msg.snd_time])
+            self._run("index", self._buckets[mid % BUCKETS], (mid, exp, snd))
         except rexc.RedisError:
             # Leave the store as it was: without its index entries the message would never
             # expire nor be reminded.
             try:
-                self._run("delete", [msg_key], [self._group_base(group), mid])
+                self._run("delete", (msg_key,), (_group_base(self._prefix, group), mid))
             except rexc.RedisError:
                 log.warning("redis: message %d stored without its index entries", mid)
             raise
@@ -289,59 +377,52 @@ class RedisDriver:
         self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
         """Lease the owner's deliverable messages in id order (one script)."""
-        group, _, off_key = self._owner_keys(username, domain)
-        rows = self._run(
-            "claim", [off_key], [self._msg_base(group), now, lease_until, _text(token), limit]
-        )
-        return [self._record(r) for r in rows]
+        group, _, off_key = _owner_keys(self._prefix, username, domain)
+        msg_base = b"{%s:g%d}:m:" % (self._prefix, group)
+        rows = self._run("claim", (off_key,), (msg_base, now, lease_until, _text(token), limit))
+        return [_record(r) for r in rows]
 
     @_storage_errors
     def claim_due_reminders(
         self, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
-        """Lease due reminders across owners in id order, walking every bucket."""
-        candidates: list[int] = []
-        for bucket in range(BUCKETS):
-            candidates += self._due(self._bucket_keys(bucket)[1], now)
+        """Lease due reminders across owners in id order: one pipeline reads every bucket, one
+        pipeline of per-group scripts leases them."""
+        candidates = self._read_indexes([rem for _, rem in self._buckets], now)
         candidates.sort()
         claimed: list[StoredMessage] = []
         stale: list[int] = []
         start = 0
+        token_arg = _text(token)
         # Claim in windows of at most the remaining limit, in id order, so exactly the first
-        # ``limit`` eligible reminders are leased and none beyond.
+        # ``limit`` eligible reminders are leased and none beyond (one window without a limit).
         while start < len(candidates) and (limit <= 0 or len(claimed) < limit):
             size = len(candidates) if limit <= 0 else limit - len(claimed)
             window = candidates[start : start + size]
             start += len(window)
-            for _group, mids in _by_group(window):
-                keys = [self._msg_key(m) for m in mids]
-                rows, gone = self._run(
-                    "claim_reminders", keys, [now, lease_until, _text(token), *mids]
+            calls: list[Call] = [
+                (
+                    "claim_reminders",
+                    [self._msg_key(m) for m in mids],
+                    [now, lease_until, token_arg, *mids],
                 )
-                claimed += [self._record(r) for r in rows]
-                stale += [int(m) for m in gone]
+                for _group, mids in _by_group(window)
+            ]
+            for rows, gone in self._run_many(calls):
+                claimed += [_record(r) for r in rows]
+                stale += _ints(gone)
         if stale:
             self._unindex(stale, also_exp=False)
         claimed.sort(key=lambda r: r.mid)
         return claimed
-
-    def _due(self, index_key: bytes, now: int) -> list[int]:
-        mids: list[int] = []
-        for page in range(_MAX_PAGES):
-            got = self.client.zrangebyscore(index_key, "-inf", now, start=page * _BATCH, num=_BATCH)
-            mids += _ints(got)
-            if len(got) < _BATCH:
-                break
-        return mids
 
     # ---- delivery outcomes --------------------------------------------------------------------
 
     @_storage_errors
     def delete(self, mid: int) -> bool:
         """Delete one message, then its bucket entries."""
-        deleted = bool(
-            self._run("delete", [self._msg_key(mid)], [self._group_base(mid % GROUPS), mid])
-        )
+        group_base = _group_base(self._prefix, mid % GROUPS)
+        deleted = bool(self._run("delete", (group_base + b"m:%d" % mid,), (group_base, mid)))
         if deleted:
             self._unindex([mid], also_exp=True)
         return deleted
@@ -352,7 +433,7 @@ class RedisDriver:
     ) -> ReleaseResult:
         """Clear a failed delivery's lease (or drop the message at ``max_attempts``)."""
         args: list[bytes | int] = [
-            self._group_base(mid % GROUPS),
+            _group_base(self._prefix, mid % GROUPS),
             mid,
             int(token is not None),
             _text(token or ""),
@@ -374,58 +455,73 @@ class RedisDriver:
     @_storage_errors
     def count(self, username: str, domain: str, now: int) -> int:
         """Number of the owner's unexpired messages."""
-        _, exp_key, _ = self._owner_keys(username, domain)
+        _, exp_key, _ = _owner_keys(self._prefix, username, domain)
         return int(self.client.zcount(exp_key, f"({now}", "+inf"))
 
     @_storage_errors
     def list(self, username: str, domain: str, now: int, limit: int = 0) -> list[StoredMessage]:
         """The owner's unexpired messages in id order (one script, nothing leased)."""
-        group, exp_key, _ = self._owner_keys(username, domain)
-        rows = self._run("list", [exp_key], [self._msg_base(group), now, limit])
-        return [self._record(r) for r in rows]
+        group, exp_key, _ = _owner_keys(self._prefix, username, domain)
+        msg_base = b"{%s:g%d}:m:" % (self._prefix, group)
+        rows = self._run("list", [exp_key], [msg_base, now, limit])
+        return [_record(r) for r in rows]
 
     @_storage_errors
     def get(self, mid: int) -> StoredMessage | None:
         """One message by id, expired or not."""
-        names = [self._fields[a] for a in RECORD_FIELDS]
-        values = self.client.hmget(self._msg_key(mid), names)
+        values = self.client.hmget(self._msg_key(mid), self._record_names)
         if values[0] is None:
             return None
-        return self._record(values)
+        return _record(values)
 
     @_storage_errors
     def purge(self, username: str, domain: str) -> int:
         """Delete every message of the owner; returns how many."""
-        group, exp_key, off_key = self._owner_keys(username, domain)
-        count, mids = self._run("purge", [exp_key, off_key], [self._msg_base(group)])
-        self._unindex((int(m) for m in mids), also_exp=True)
+        group, exp_key, off_key = _owner_keys(self._prefix, username, domain)
+        msg_base = b"{%s:g%d}:m:" % (self._prefix, group)
+        count, mids = self._run("purge", [exp_key, off_key], [msg_base])
+        self._unindex(_ints(mids), also_exp=True)
         return int(count)
 
     @_storage_errors
     def delete_expired(self, now: int) -> int:
-        """Delete messages with ``exp_time <= now``, walking every bucket's expiry index."""
+        """Delete messages with ``exp_time <= now``: per round, one pipeline reads a page of
+        every bucket's expiry index and one pipeline of per-group scripts deletes them."""
         total = 0
-        for bucket in range(BUCKETS):
-            total += self._expire_bucket(bucket, now)
-        return total
-
-    def _expire_bucket(self, bucket: int, now: int) -> int:
-        exp_index, _ = self._bucket_keys(bucket)
-        total, offset = 0, 0
+        offsets = dict.fromkeys(range(BUCKETS), 0)
         for _ in range(_MAX_PAGES):
-            page = self.client.zrangebyscore(exp_index, "-inf", now, start=offset, num=_BATCH)
-            if not page:
+            if not offsets:
                 break
-            mids = _ints(page)
+            pipe = self.client.pipeline(transaction=False)
+            for bucket, offset in offsets.items():
+                pipe.zrangebyscore(self._buckets[bucket][0], "-inf", now, start=offset, num=_BATCH)
+            pages = {
+                bucket: _ints(page)
+                for bucket, page in zip(offsets, pipe.execute(), strict=True)
+                if page
+            }
+            mids = [mid for page in pages.values() for mid in page]
+            calls: list[Call] = [
+                (
+                    "expire",
+                    [self._msg_key(m) for m in chunk],
+                    [_group_base(self._prefix, group), now, *chunk],
+                )
+                for group, chunk in _by_group(mids)
+            ]
             dropped: list[int] = []
-            for group, chunk in _by_group(mids):
-                keys = [self._msg_key(m) for m in chunk]
-                count, gone = self._run("expire", keys, [self._group_base(group), now, *chunk])
+            for count, gone in self._run_many(calls):
                 total += int(count)
-                dropped += [int(m) for m in gone]
+                dropped += _ints(gone)
             self._unindex(dropped, also_exp=True)
-            # Entries the script kept (not expired by an exact comparison) stay in the index.
-            offset += len(mids) - len(dropped)
+            # Entries the script kept (not expired by an exact comparison) stay in the index and
+            # are stepped over; a short page was the bucket's last.
+            left = Counter(mid % BUCKETS for mid in dropped)
+            offsets = {
+                bucket: offsets[bucket] + len(page) - left[bucket]
+                for bucket, page in pages.items()
+                if len(page) >= _BATCH
+            }
         return total
 
     def close(self) -> None:

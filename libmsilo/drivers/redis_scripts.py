@@ -25,6 +25,8 @@ local F_USER, F_DOMAIN = {username}, {domain}
 local F_EXP, F_SND = {exp_time}, {snd_time}
 local F_TOKEN, F_UNTIL, F_ATT = {lease_token}, {lease_until}, {attempts}
 local RECORD = {{{record}}}
+-- Positions in RECORD (see RECORD_FIELDS) of the fields the claims check and set.
+local R_EXP, R_SND, R_TOKEN, R_UNTIL = {r_exp}, {r_snd}, {r_token}, {r_until}
 local BUCKETS = {buckets}
 -- '{{prefix:' on standalone Redis, where the bucket indexes are on the same server and are kept
 -- in the same atomic step; '' on a cluster, where the caller updates them after the script.
@@ -60,15 +62,30 @@ local function lease_free(token, until_, now)
   return (not token) or (tonumber(until_ or '0') <= now)
 end
 
--- Delete one message hash and its entries in the owner's sets and (standalone) the buckets.
-local function drop(base, key, mid)
-  local o = redis.call('HMGET', key, F_USER, F_DOMAIN)
-  redis.call('DEL', key)
-  if o[1] then
-    redis.call('ZREM', owner_key(base, o[1], o[2] or '', 'exp'), mid)
-    redis.call('ZREM', owner_key(base, o[1], o[2] or '', 'off'), mid)
+-- Lease a message whose record ``r`` the caller read; returns the record as leased.
+local function lease(key, r, token, until_)
+  redis.call('HSET', key, F_TOKEN, token, F_UNTIL, until_)
+  r[R_TOKEN], r[R_UNTIL] = token, until_
+  return r
+end
+
+-- Delete one message hash and its entries in the owner's sets and (standalone) the buckets;
+-- user, domain and snd are its fields, read by the caller. Returns 0 when there was no hash.
+-- A message is in the owner's 'off' set when snd_time is 0 and in the 'rem' index when it is
+-- above 0, never both (insert and release keep it so in their step), so only that one entry is
+-- removed; a hash without a readable snd_time has both removed.
+local function drop(base, key, mid, user, domain, snd)
+  if redis.call('DEL', key) == 0 then return 0 end
+  local s = tonumber(snd or '')
+  if user then
+    redis.call('ZREM', owner_key(base, user, domain or '', 'exp'), mid)
+    if not s or s <= 0 then redis.call('ZREM', owner_key(base, user, domain or '', 'off'), mid) end
   end
-  unindex(mid, true)
+  if BUCKET_BASE ~= '' then
+    redis.call('ZREM', bucket_key(mid, 'exp'), mid)
+    if not s or s > 0 then redis.call('ZREM', bucket_key(mid, 'rem'), mid) end
+  end
+  return 1
 end
 """
 
@@ -104,12 +121,12 @@ while start < total and not done do
   if #mids == 0 then break end
   for _, mid in ipairs(mids) do
     local key = base .. mid
-    local m = redis.call('HMGET', key, F_EXP, F_SND, F_TOKEN, F_UNTIL)
-    if not m[1] then
+    local r = record(key)
+    if not r[R_EXP] then
       stale[#stale + 1] = mid
-    elseif tonumber(m[1]) > now and tonumber(m[2]) == 0 and lease_free(m[3], m[4], now) then
-      redis.call('HSET', key, F_TOKEN, ARGV[4], F_UNTIL, ARGV[3])
-      out[#out + 1] = record(key)
+    elseif tonumber(r[R_EXP]) > now and tonumber(r[R_SND]) == 0
+        and lease_free(r[R_TOKEN], r[R_UNTIL], now) then
+      out[#out + 1] = lease(key, r, ARGV[4], ARGV[3])
       if limit > 0 and #out >= limit then done = true; break end
     end
   end
@@ -126,14 +143,13 @@ local now = tonumber(ARGV[1])
 local out, stale = {}, {}
 for i, key in ipairs(KEYS) do
   local mid = ARGV[i + 3]
-  local m = redis.call('HMGET', key, F_EXP, F_SND, F_TOKEN, F_UNTIL)
-  local snd = tonumber(m[2] or '0')
-  if not m[1] or snd <= 0 then
+  local r = record(key)
+  local snd = tonumber(r[R_SND] or '0')
+  if not r[R_EXP] or snd <= 0 then
     stale[#stale + 1] = mid
     unindex(mid, false)
-  elseif tonumber(m[1]) > now and snd <= now and lease_free(m[3], m[4], now) then
-    redis.call('HSET', key, F_TOKEN, ARGV[3], F_UNTIL, ARGV[2])
-    out[#out + 1] = record(key)
+  elseif tonumber(r[R_EXP]) > now and snd <= now and lease_free(r[R_TOKEN], r[R_UNTIL], now) then
+    out[#out + 1] = lease(key, r, ARGV[3], ARGV[2])
   end
 end
 return {out, stale}
@@ -141,9 +157,8 @@ return {out, stale}
 
 # KEYS: message hash. ARGV: group key base, mid. Returns 1 when deleted, 0 when absent.
 _DELETE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-drop(ARGV[1], KEYS[1], ARGV[2])
-return 1
+local m = redis.call('HMGET', KEYS[1], F_USER, F_DOMAIN, F_SND)
+return drop(ARGV[1], KEYS[1], ARGV[2], m[1], m[2], m[3])
 """
 
 # KEYS: message hash. ARGV: group key base, mid, has_token (1/0), token, to_offline (1/0),
@@ -154,7 +169,7 @@ if not m[1] or (ARGV[3] == '1' and m[1] ~= ARGV[4]) then return {0, '0'} end
 local attempts = tonumber(m[2] or '0') + 1
 local max = tonumber(ARGV[6])
 if max > 0 and attempts >= max then
-  drop(ARGV[1], KEYS[1], ARGV[2])
+  drop(ARGV[1], KEYS[1], ARGV[2], m[4], m[5], m[3])
   return {2, m[3]}
 end
 redis.call('HDEL', KEYS[1], F_TOKEN, F_UNTIL)
@@ -203,12 +218,12 @@ local now = tonumber(ARGV[2])
 local n, gone = 0, {}
 for i, key in ipairs(KEYS) do
   local mid = ARGV[i + 2]
-  local exp = redis.call('HGET', key, F_EXP)
-  if not exp then
+  local m = redis.call('HMGET', key, F_EXP, F_USER, F_DOMAIN, F_SND)
+  if not m[1] then
     gone[#gone + 1] = mid
     unindex(mid, true)
-  elseif tonumber(exp) <= now then
-    drop(ARGV[1], key, mid)
+  elseif tonumber(m[1]) <= now then
+    drop(ARGV[1], key, mid, m[2], m[3], m[4])
     n = n + 1
     gone[#gone + 1] = mid
   end
@@ -251,12 +266,21 @@ def _lua_str(name: str) -> str:
     return "'" + name + "'"
 
 
+def _lua_pos(attr: str) -> int:
+    # Lua tables count from 1.
+    return RECORD_FIELDS.index(attr) + 1
+
+
 def build_scripts(columns: dict[str, str], buckets: int) -> dict[str, str]:
     """The Lua source of every script, with ``columns`` (attribute -> field name) and the
     number of bucket keys spliced in."""
     prelude = _PRELUDE.format(
         buckets=int(buckets),
         record=", ".join(_lua_str(columns[a]) for a in RECORD_FIELDS),
+        r_exp=_lua_pos("exp_time"),
+        r_snd=_lua_pos("snd_time"),
+        r_token=_lua_pos("lease_token"),
+        r_until=_lua_pos("lease_until"),
         **{a: _lua_str(columns[a]) for a in RECORD_FIELDS},
     )
     scripts = {name: prelude + body for name, body in _GROUP_SCRIPTS.items()}
