@@ -22,3 +22,14 @@ def test_quickstart(tmp_path: Path) -> None:
     assert dumped.ruri == "sip:alice@192.0.2.7:5060"
     assert dumped.body.endswith(b"] Watson, come here.")
     assert reminder.body.startswith(b"[Reminder message - ")
+
+
+def test_the_readme_demo_command_runs() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "libmsilo", "demo"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "MESSAGE sip:alice@" in done.stdout
