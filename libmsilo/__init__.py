@@ -8,6 +8,7 @@ Hand it requests, send the :class:`OutgoingMessage` values it returns, report th
         ...  # send msg, then: silo.on_reply(msg.mid, status_code)
 """
 
+from .aio import AsyncSilo
 from .core import StoreResult, StoreStatus
 from .drivers import DriverOptions, open_driver, register_driver
 from .drivers.base import Driver, NewMessage, ReleaseResult, StoredMessage, StoreLayout
@@ -27,6 +28,7 @@ from .silo import ReplyOutcome, Silo, Stats, TimerThread
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncSilo",
     "Driver",
     "DriverOptions",
     "InvalidRequest",

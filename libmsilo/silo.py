@@ -302,8 +302,13 @@ class Silo:
             send(msg)
         except Exception:
             log.exception("sending message %s failed", msg.mid)
-            if msg.mid is not None:
-                self.on_reply(msg.mid, 500, token=msg.lease_token)
+            self.send_failed(msg)
+
+    def send_failed(self, msg: OutgoingMessage) -> ReplyOutcome:
+        """Report that the host could not send ``msg``: a failed attempt, retried later."""
+        if msg.mid is None:
+            return ReplyOutcome.IGNORED  # notices are fire-and-forget
+        return self.on_reply(msg.mid, 500, token=msg.lease_token)
 
     def start(self, send: Sender, *, poll: float = 1.0) -> TimerThread:
         """Run the timers in a daemon thread; stop it with ``.stop()``."""

@@ -407,23 +407,7 @@ def test_corpus_has_both_outcomes() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
 
 
-_MYSQL_PACKET = (
-    "MariaDB: a body over ~max_allowed_packet/2 (PyMySQL sends bytes as hex) fails with "
-    "StorageError / StorageUnavailable ('server has gone away') instead of InvalidRequest"
-)
-
-
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "memory",
-        "sqlite",
-        "postgresql",
-        pytest.param("mysql", marks=pytest.mark.xfail(reason=_MYSQL_PACKET, strict=True)),
-        "redis",
-        "mongomock",
-    ],
-)
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgresql", "mysql", "redis", "mongomock"])
 def test_ten_megabyte_body_under_a_raised_limit(kind: str, tmp_path: Path) -> None:
     """With max_body_size raised to 12 MiB, a 10 MiB body is stored and dumped byte-exact, or
     refused with InvalidRequest where the backend cannot hold it; nothing else."""

@@ -43,11 +43,6 @@ OWNER = "sip:alice@example.com"
 NETWORK = ["postgresql", "mysql", "redis"]
 pytestmark = pytest.mark.slow  # seconds of timeouts and lease waits per test
 
-# A stalled connection (a partition, or a hung server) is not bounded by db_timeout on these two;
-# see docs/RELIABILITY.md and the report of issue 6 for the failures and the proposed fixes.
-_PG_STALL = "PostgreSQL: a call on a stalled connection never returns (psycopg has no read timeout)"
-_MYSQL_STALL = "MariaDB: a stalled call fails only after the 2*db_timeout+5 s socket backstop"
-
 
 def _settings(url: str, table: str, **kw: Any) -> MsiloSettings:
     values: dict[str, Any] = {
@@ -284,14 +279,7 @@ def test_cut_at_every_point_of_a_dump(rig: Rig, direction: CutDirection) -> None
     )
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param("postgresql", marks=pytest.mark.xfail(reason=_PG_STALL, strict=True)),
-        pytest.param("mysql", marks=pytest.mark.xfail(reason=_MYSQL_STALL, strict=True)),
-        "redis",
-    ],
-)
+@pytest.mark.parametrize("kind", NETWORK)
 def test_partition_fails_promptly_and_heals(kind: str) -> None:
     """A stall (bytes silently dropped both ways, as in a partition or a hung server) must turn
     into StorageUnavailable within the bound, and the same Silo works when it heals."""

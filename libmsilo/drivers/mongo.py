@@ -9,27 +9,35 @@ Documents
     counter per owner (``_id`` = ``{username, domain}``).
 
 Operations, and why each is atomic on a real server (MongoDB 6+)
-    MongoDB applies every single-document write atomically, and ``findAndModify`` re-checks its
-    filter when two writers race for the same document, so a document matched by two of them is
-    modified by one only. Nothing else (no transactions, no server-side JavaScript) is used.
+    MongoDB applies every write to one document atomically (also each document that an
+    ``updateMany`` / ``deleteMany`` touches) and re-checks the write's filter on a document that
+    another writer changed meanwhile, so a document matched by two racing writers is modified by
+    one only. Nothing else (no transactions, no server-side JavaScript) is used.
 
     - ids: ``findAndModify`` ``$inc`` (upsert, return the new value) on one sequence document:
       unique int64 ids, increasing in allocation order.
     - quota: ``findAndModify`` on the owner's counter with the filter ``count < max`` and ``$inc``
       reserves a slot before ``insertOne``; concurrent stores can never take more than ``max``.
-    - ``claim``: a loop of ``findAndModify`` (owner, ``snd_time`` 0, unexpired, lease free or
-      expired, ``_id`` above the previous one; sort ``_id``) each leasing one row.
-    - ``claim_due_reminders``: a ``find`` for candidates across owners, then per candidate a
-      ``findAndModify`` whose filter repeats every condition plus ``_id`` and the owner
-      (compare-and-set), so a row leased meanwhile is skipped.
-    - ``release``: ``updateOne`` / ``deleteOne`` filtered on the lease token and attempt count
-      just read (compare-and-set; retried a few times when they changed).
+    - ``claim`` and ``claim_due_reminders``, per batch of candidates: a ``find`` of the
+      candidate ids in id order (the owner's deliverable rows; due reminders across owners),
+      one ``updateMany`` whose filter repeats every condition (unexpired, lease free or expired,
+      ...) plus ``_id $in`` those ids, and a ``find`` of those ids that now hold the claim's
+      token and ``lease_until``. The server applies the update to each document atomically and
+      re-checks the filter on it, so a row leased by another claim meanwhile no longer matches
+      and two claims never both lease it; a claim's token is its own (Silo makes a new one per
+      dump and sweep), so the read-back returns exactly the rows this claim leased.
+    - ``release``: ``updateOne`` / ``findAndModify`` (remove) filtered on the lease token and
+      attempt count just read (compare-and-set; retried a few times when they changed).
     - deletions (``delete``, ``purge``, ``delete_expired``, a dropped ``release``):
-      ``deleteOne`` / ``deleteMany`` (each row is deleted once, ``deletedCount`` is exact), then
-      a conditional ``$inc`` gives the slots back to the owner's counter.
+      ``findAndModify`` (remove) / ``deleteMany`` (each row is deleted once, and the removed
+      document or ``deletedCount`` says exactly what was deleted), then a conditional ``$inc``
+      gives the slots back to the owner's counter (``delete_expired``: one ``updateMany`` for the
+      owners that get the same number back).
     - reads: ``find`` / ``findOne`` / ``countDocuments``; indexes: ``createIndexes``.
     Every filter on rows of one owner carries ``username`` and ``domain``, so the collection can
-    be sharded on them; every ``findAndModify`` on it has the owner in its filter.
+    be sharded on them; every ``findAndModify`` on it has the owner in its filter. The steps
+    across owners (the reminder claim, the uncounted part of ``delete_expired``) are multi-document
+    reads and writes, which a sharded cluster sends to every shard.
 
 Quota counter and crashes
     The owner's ``count`` is kept >= the rows it covers: it goes up before a row is inserted
@@ -44,7 +52,11 @@ Quota counter and crashes
     time between reserving and inserting plus the clock skew between hosts). A re-sync is only
     written when no reservation happened since it read the counter (``version``), and it
     replaces the counter's ``epoch``: a deletion gives slots back only under the epoch it read
-    before deleting, so a deletion the recount already saw is not subtracted twice. "Expired"
+    before deleting, so a deletion the recount already saw is not subtracted twice. A claim reads
+    the counters' epochs of the rows it leased and the driver remembers them (bounded), so the
+    ``delete`` of a row this driver claimed is one ``findAndModify`` plus the give-back; an epoch
+    read that early is still read before deleting, and if a re-sync replaced it meanwhile the
+    give-back is refused and the slot stays taken until the next re-sync (never too low). "Expired"
     is judged by each store's ``inc_time``, so hosts storing for one owner need agreeing clocks.
 
 TTL backstop
@@ -114,6 +126,8 @@ _RESERVE_TRIES = 8  # each failed try made progress or lost a race; give up (ref
 _RELEASE_TRIES = 4
 _INSERT_TRIES = 3
 _BATCH = 500
+_CLAIM_BATCH = 1000  # candidate ids per claim round (the size of one ``$in`` list)
+_REMEMBERED = 100_000  # claimed rows whose owner and counter epoch the driver keeps for delete
 _INVALID_DB_CHARS = frozenset('/\\. "$\x00')
 
 P = ParamSpec("P")
@@ -191,6 +205,9 @@ class MongoDriver:
         self._closed = False
         table = self._layout.table
         self._names = (table, f"{table}_counters", f"{table}_owners")
+        # mid -> (owner, counter epoch read when this driver claimed the row); see delete().
+        self._claimed: dict[int, tuple[Doc, object]] = {}
+        self._claimed_lock = threading.Lock()
 
     @property
     def database(self) -> Database[Doc]:
@@ -442,20 +459,37 @@ class MongoDriver:
 
     def _remove(self, owner: Doc, extra: Mapping[str, Any], *, single: bool = False) -> int:
         """Delete the owner's rows matching ``extra`` and give their slots back."""
-        state = self._owners.find_one({"_id": owner}, {_EPOCH: True})
-        epoch = state.get(_EPOCH) if state is not None else None
+        epoch = self._epochs([owner]).get(self._owner_key(owner))
         base = {**extra, **owner}
-        counted_filter = {**base, _UNCOUNTED: {"$ne": True}}
         if single:
-            counted = self._rows.delete_one(counted_filter).deleted_count
-            other = (
-                0 if counted else self._rows.delete_one({**base, _UNCOUNTED: True}).deleted_count
-            )
-        else:
-            counted = self._rows.delete_many(counted_filter).deleted_count
-            other = self._rows.delete_many({**base, _UNCOUNTED: True}).deleted_count
+            return self._remove_one(owner, base, epoch)
+        counted = self._rows.delete_many({**base, _UNCOUNTED: {"$ne": True}}).deleted_count
+        other = self._rows.delete_many({**base, _UNCOUNTED: True}).deleted_count
         self._give_back(owner, epoch, counted)
         return counted + other
+
+    def _remove_one(self, owner: Doc, flt: Mapping[str, Any], epoch: object) -> int:
+        """Delete one row of ``owner`` matching ``flt``; its slot goes back under ``epoch``
+        (read before this call) unless the row was out of the counter. Returns 0 or 1."""
+        doc = self._rows.find_one_and_delete(flt, projection={_UNCOUNTED: True})
+        if doc is None:
+            return 0
+        if doc.get(_UNCOUNTED) is not True:
+            self._give_back(owner, epoch, 1)
+        return 1
+
+    def _owner_key(self, owner: Mapping[str, Any]) -> tuple[Any, Any]:
+        lay = self._layout
+        return owner.get(lay.username), owner.get(lay.domain)
+
+    def _epochs(self, owners: list[Doc]) -> dict[tuple[Any, Any], object]:
+        """The counter epochs of ``owners`` (one read), keyed by (username, domain)."""
+        if len(owners) == 1:
+            state = self._owners.find_one({"_id": owners[0]}, {_EPOCH: True})
+            states = [] if state is None else [state]
+        else:
+            states = list(self._owners.find({"_id": {"$in": owners}}, {_EPOCH: True}))
+        return {self._owner_key(s["_id"]): s.get(_EPOCH) for s in states}
 
     # ---- claims ---------------------------------------------------------------------------------
 
@@ -463,65 +497,83 @@ class MongoDriver:
     def claim(
         self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
-        """Lease the owner's deliverable rows in id order, one ``findAndModify`` each."""
+        """Lease the owner's deliverable rows in id order: find the candidates, lease them with
+        one ``updateMany`` that re-checks every condition, read back what got the token."""
         lay = self._layout
-        base: Doc = {
-            **self._owner(username, domain),
+        owner = self._owner(username, domain)
+        eligible: Doc = {
+            **owner,
             lay.snd_time: 0,
             lay.exp_time: {"$gt": now},
             "$or": self._lease_free(now),
         }
-        update = self._lease_set(_text("token", token), lease_until)
-        claimed: list[StoredMessage] = []
-        while limit <= 0 or len(claimed) < limit:
-            # ``_id`` above the last one: a lease that is already over (lease_until <= now)
-            # must not make the loop take the same row again.
-            flt = {**base, "_id": {"$gt": claimed[-1].mid}} if claimed else base
-            doc = self._rows.find_one_and_update(
-                flt, update, sort=[("_id", ASCENDING)], return_document=ReturnDocument.AFTER
-            )
-            if doc is None:
-                break
-            claimed.append(self._stored(doc))
-        return claimed
+        return self._lease(eligible, owner, now, lease_until, token, limit)
 
     @_storage_step
     def claim_due_reminders(
         self, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
-        """Lease due reminders across owners: find candidates, then compare-and-set each."""
+        """Lease due reminders across owners in id order, the same way as :meth:`claim`."""
         lay = self._layout
         due: Doc = {
             lay.snd_time: {"$gt": 0, "$lte": now},
             lay.exp_time: {"$gt": now},
             "$or": self._lease_free(now),
         }
+        return self._lease(due, {}, now, lease_until, token, limit)
+
+    def _lease(
+        self,
+        eligible: Doc,
+        owner: Doc,
+        now: int,
+        lease_until: int,
+        token: str,
+        limit: int,
+    ) -> list[StoredMessage]:
+        """Lease rows matching ``eligible`` (``owner``: the owner they all belong to, or {}) in
+        id order, at most ``limit`` when > 0; remember their owners' counter epochs."""
+        lay = self._layout
         update = self._lease_set(_text("token", token), lease_until)
+        ours: Doc = {**owner, lay.lease_token: token, lay.lease_until: Int64(lease_until)}
         claimed: list[StoredMessage] = []
         last: int | None = None
         while limit <= 0 or len(claimed) < limit:
-            want = limit - len(claimed) if limit > 0 else _BATCH
-            flt = {**due, "_id": {"$gt": last}} if last is not None else due
-            candidates = list(
-                self._rows.find(
-                    flt,
-                    {lay.username: True, lay.domain: True},
-                    sort=[("_id", ASCENDING)],
-                    limit=want,
-                )
-            )
-            for cand in candidates:
-                last = int(cand["_id"])
-                doc = self._rows.find_one_and_update(
-                    {**due, "_id": cand["_id"], **self._owner_of(cand)},
-                    update,
-                    return_document=ReturnDocument.AFTER,
-                )
-                if doc is not None:  # None: leased or deleted since the find
-                    claimed.append(self._stored(doc))
-            if len(candidates) < want:
+            want = min(limit - len(claimed), _CLAIM_BATCH) if limit > 0 else _CLAIM_BATCH
+            # ``_id`` above the last candidate: a lease that is already over (lease_until <=
+            # now) must not make the loop take the same row again.
+            flt = {**eligible, "_id": {"$gt": last}} if last is not None else eligible
+            found = self._rows.find(flt, {"_id": True}, sort=[("_id", ASCENDING)], limit=want)
+            ids = [doc["_id"] for doc in found]
+            if not ids:
                 break
+            last = int(ids[-1])
+            chosen = {"_id": {"$in": ids}}
+            if self._rows.update_many({**eligible, **chosen}, update).modified_count:
+                docs = self._rows.find({**ours, **chosen}, sort=[("_id", ASCENDING)])
+                claimed += [self._stored(doc) for doc in docs]
+            if len(ids) < want:
+                break
+        self._remember(claimed)
         return claimed
+
+    def _remember(self, rows: list[StoredMessage]) -> None:
+        """Keep the owner and counter epoch of rows just claimed, for their delete."""
+        if not rows:
+            return
+        owners = {(r.username, r.domain): self._owner(r.username, r.domain) for r in rows}
+        epochs = self._epochs(list(owners.values()))
+        with self._claimed_lock:
+            for r in rows:
+                epoch = epochs.get((r.username, r.domain))
+                if epoch is not None:  # no counter yet: delete reads the state itself
+                    self._claimed[r.mid] = (owners[(r.username, r.domain)], epoch)
+            for _ in range(len(self._claimed) - _REMEMBERED):
+                del self._claimed[next(iter(self._claimed))]  # the oldest first
+
+    def _forget(self, mid: int) -> tuple[Doc, object] | None:
+        with self._claimed_lock:
+            return self._claimed.pop(mid, None)
 
     # ---- reply outcomes -------------------------------------------------------------------------
 
@@ -529,6 +581,12 @@ class MongoDriver:
     def delete(self, mid: int) -> bool:
         """Delete one row; False when it did not exist."""
         lay = self._layout
+        known = self._forget(mid)
+        if known is not None:
+            owner, epoch = known
+            if self._remove_one(owner, {"_id": mid, **owner}, epoch):
+                return True
+            # Gone already, or (after the store was dropped and made anew) another row.
         row = self._rows.find_one({"_id": mid}, {lay.username: True, lay.domain: True})
         if row is None:
             return False
@@ -540,6 +598,7 @@ class MongoDriver:
     ) -> ReleaseResult:
         """Clear a failed delivery's lease (compare-and-set), or drop the row at max_attempts."""
         lay = self._layout
+        self._forget(mid)
         for _ in range(_RELEASE_TRIES):
             row = self._rows.find_one(
                 {"_id": mid},
@@ -595,19 +654,35 @@ class MongoDriver:
 
     @_storage_step
     def delete_expired(self, now: int) -> int:
-        """Delete rows with ``exp_time <= now`` owner by owner, fixing their counters."""
-        expired: Doc = {self._layout.exp_time: {"$lte": now}}
+        """Delete rows with ``exp_time <= now``: per batch, read the owners' counter epochs at
+        once, delete each owner's counted rows, then every uncounted one, then give the slots
+        back."""
+        lay = self._layout
+        expired: Doc = {lay.exp_time: {"$lte": now}}
+        counted: Doc = {**expired, _UNCOUNTED: {"$ne": True}}
+        projection = {lay.username: True, lay.domain: True}
         total = 0
-        projection = {self._layout.username: True, self._layout.domain: True}
         while True:
-            batch = self._rows.find(expired, projection, limit=_BATCH)
-            owners = {tuple(self._owner_of(doc).items()) for doc in batch}
-            if not owners:
-                break
-            deleted = sum(self._remove(dict(owner), expired) for owner in owners)
+            batch = list(self._rows.find(counted, projection, limit=_BATCH))
+            owners = {self._owner_key(doc): self._owner_of(doc) for doc in batch}
+            epochs = self._epochs(list(owners.values())) if owners else {}
+            deleted = 0
+            slots: dict[int, list[Doc]] = {}  # slots to give back -> those owners' counters
+            for key, owner in owners.items():
+                gone = self._rows.delete_many({**counted, **owner}).deleted_count
+                deleted += gone
+                epoch = epochs.get(key)
+                if gone and epoch is not None:
+                    slots.setdefault(gone, []).append({"_id": owner, _EPOCH: epoch})
+            # Rows out of the counter hold no slot: no owner needed.
+            deleted += self._rows.delete_many({**expired, _UNCOUNTED: True}).deleted_count
+            for n, counters in slots.items():
+                self._owners.update_many({"$or": counters}, {"$inc": {_COUNT: -n}})
             total += deleted
-            if not deleted:
-                break  # another process is deleting the same rows
+            # A short batch was every counted expired row (each owner's delete took all of its
+            # own); nothing deleted: another process is deleting the same rows.
+            if not deleted or len(batch) < _BATCH:
+                break
         # Counters of owners without rows are only kept while a reservation may be in flight.
         self._owners.delete_many(
             {_COUNT: {"$lte": 0}, _RESERVED_AT: {"$lt": self._wall() - self._grace}}

@@ -28,7 +28,7 @@ from ..errors import InvalidRequest, MsiloError, SettingsError, StorageError, St
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
 from .sql_ops import NO_LIMIT, SqlOps
-from .sql_pool import ConnectionStack, PooledConnection, is_retryable, storage_error
+from .sql_pool import ConnectionStack, PooledConnection, is_retryable, step_bound, storage_error
 from .sql_schema import (
     ValueLimits,
     build_table,
@@ -75,13 +75,25 @@ def _memory_db(url: sa.URL) -> bool:
 
 def _connect_args(url: sa.URL, timeout: float, bounded: bool) -> dict[str, Any]:
     """DBAPI connect arguments bounding connect time and, when ``bounded``, each statement
-    (left out for schema changes, which may take long on a big table). URL query values win."""
+    (left out for schema changes, which may take long on a big table). URL query values win.
+
+    The statement bounds are the server's; a hung server or a stalled network is caught on the
+    client side by the pool's watchdog (:func:`.sql_pool.step_bound`), by PyMySQL's socket
+    timeouts, and by libpq's TCP options for a peer that stops acknowledging."""
     backend, dbapi = url.get_backend_name(), url.get_driver_name()
+    bound = step_bound(timeout)
     args: dict[str, Any] = {}
     if backend == "sqlite":
         args = {"timeout": timeout, "check_same_thread": False}
     elif backend == "postgresql" and dbapi in ("psycopg", "psycopg2"):
         args["connect_timeout"] = max(2, math.ceil(timeout))  # libpq: whole seconds, 2 at least
+        # Unacknowledged data (a dead peer) resets the connection after the step bound, and
+        # keepalives find dead peers of idle pooled connections.
+        args["tcp_user_timeout"] = int(bound * 1000)
+        args["keepalives"] = 1
+        args["keepalives_idle"] = max(1, math.ceil(timeout))
+        args["keepalives_interval"] = max(1, math.ceil(timeout / 3))
+        args["keepalives_count"] = 3
         if bounded:
             ms = max(1, int(timeout * 1000))
             user_options = url.query.get("options", "")
@@ -90,8 +102,9 @@ def _connect_args(url: sa.URL, timeout: float, bounded: bool) -> dict[str, Any]:
     elif backend == "mysql" and dbapi == "pymysql":
         args["connect_timeout"] = timeout
         if bounded:
-            # a socket-level backstop behind the server-side bounds set per session below
-            args["read_timeout"] = args["write_timeout"] = 2 * timeout + 5
+            # Each socket read / write (the handshake's too) waits at most the step bound, a
+            # little longer than the server's max_statement_time (timeout + 1, set below).
+            args["read_timeout"] = args["write_timeout"] = bound
     return {k: v for k, v in args.items() if k not in url.query or k == "options"}
 
 
@@ -156,7 +169,7 @@ class SqlDriver:
         self._dialect = self._engine.dialect
         self._dbapi_error: type[Exception] = self._dialect.loaded_dbapi.Error
         single = url.get_backend_name() == "sqlite" and _memory_db(url)
-        self._pool = ConnectionStack(self._engine, single=single)
+        self._pool = ConnectionStack(self._engine, single=single, bound=step_bound(options.timeout))
         self._table = build_table(layout, sa.MetaData())
         self._ops: SqlOps | None = None
         self._limits: ValueLimits | None = None
@@ -199,13 +212,22 @@ class SqlDriver:
         table's column limits."""
         with self._prepare_lock:
             if self._ops is None:
-                conn = self._pool.checkout()  # initializes the dialect
-                self._pool.checkin(conn)
-                self._ops = SqlOps(self._table, self._dialect, self._timeout)
+                # The first connection initializes the dialect (server version, features).
+                packet = self._run(self._max_packet)
+                self._ops = SqlOps(self._table, self._dialect, self._timeout, max_packet=packet)
             if self._limits is None:
                 with self._schema_conn() as sa_conn:
                     self._limits = reflect_limits(sa_conn, self.layout)
             return self._ops
+
+    def _max_packet(self, conn: PooledConnection) -> int | None:
+        """MySQL's ``max_allowed_packet`` for this session (read-only per session on MariaDB,
+        and raising the global one is not a driver's business); None elsewhere."""
+        if self._dialect.name not in ("mysql", "mariadb"):
+            return None
+        conn.cursor.execute("SELECT @@max_allowed_packet")
+        row = conn.cursor.fetchone()
+        return int(row[0]) if row and row[0] else None
 
     def _run(self, step: Callable[[PooledConnection], T]) -> T:
         """Run one step on a pooled connection; map errors and retry deadlocks."""
@@ -282,6 +304,11 @@ class SqlDriver:
             for text in (msg.src_addr, msg.dst_addr, msg.username, msg.domain, msg.ctype):
                 if "\x00" in text:
                     raise InvalidRequest("PostgreSQL text cannot hold NUL characters")
+        elif ops.max_body is not None and len(msg.body) > ops.max_body:
+            raise InvalidRequest(
+                f"body is {len(msg.body)} bytes; the server's max_allowed_packet allows "
+                f"{ops.max_body}"
+            )
         params = {
             "src_addr": msg.src_addr,
             "dst_addr": msg.dst_addr,

@@ -11,6 +11,13 @@ Each step is one statement when the database makes that atomic, else one short t
   inserts, so the count always sees the rows other writers committed (PostgreSQL
   ``pg_advisory_xact_lock``, MySQL ``GET_LOCK``; SQLite needs none, having one writer).
   Without the lock two writers could both count ``max - 1`` and both insert.
+- large bodies on MySQL/MariaDB: PyMySQL sends bytes as a hex literal (it has no binary
+  protocol and no raw ``_binary'…'`` escaping), so one statement carries a body of at most
+  about half of ``max_allowed_packet``; that limit is a server global (read-only per session
+  on MariaDB), which a driver should not change. A larger body is written in one transaction:
+  ``INSERT`` with its first part, then ``UPDATE … SET body = CONCAT(body, part)`` for the rest,
+  so the row is never seen half-written. A stored row must still travel back in one packet,
+  so bodies above ``max_allowed_packet`` minus a margin for the other columns are refused.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ NO_LIMIT = 2**63 - 1
 _LEASE_SQL_CACHE_MAX = 256
 # SQLAlchemy's placeholder for an "expanding" IN list, filled in by the driver per call.
 _IDS_MARK = "__[POSTCOMPILE_ids]"
+# Room in a MySQL packet for everything but the body: the SQL text and the other columns.
+_PACKET_MARGIN = 64 * 1024
 
 
 class _Sql:
@@ -73,10 +82,19 @@ def _leased(r: Any, token: str, lease_until: int) -> StoredMessage:
 
 
 class SqlOps:
-    """Every driver step for one table on one (initialized) dialect."""
+    """Every driver step for one table on one (initialized) dialect.
+
+    ``max_packet`` is MySQL's ``max_allowed_packet``; with it, :attr:`max_body` is the largest
+    body the server can take and give back (None: no limit besides the column's)."""
 
     def __init__(
-        self, table: sa.Table, dialect: Dialect, timeout: float, returning: bool | None = None
+        self,
+        table: sa.Table,
+        dialect: Dialect,
+        timeout: float,
+        returning: bool | None = None,
+        *,
+        max_packet: int | None = None,
     ) -> None:
         self.table = table
         self.dialect = dialect
@@ -166,6 +184,16 @@ class SqlOps:
             insert, quota = insert.returning(c.mid), quota.returning(c.mid)
         self.insert_sql = compile_(insert)
         self.quota_sql = compile_(quota)
+        self.max_body: int | None = None
+        self._body_part = NO_LIMIT  # bodies longer than this are sent in parts (MySQL)
+        if self.kind == "mysql" and max_packet and max_packet > 2 * _PACKET_MARGIN:
+            self.max_body = max_packet - _PACKET_MARGIN
+            self._body_part = self.max_body // 2  # hex: two bytes on the wire per body byte
+        part = bp("part", type_=c.body.type)
+        append = (
+            sa.update(table).where(c.mid == bp("mid")).values(body=sa.func.concat(c.body, part))
+        )
+        self.append_sql = compile_(append)
         if self.kind == "postgresql":
             key = bp("key", type_=sa.BigInteger)
             self.lock_sql = compile_(sa.select(sa.func.pg_advisory_xact_lock(key)))
@@ -221,6 +249,8 @@ class SqlOps:
     def insert(self, cur: Any, conn: Any, params: dict[str, Any], max_messages: int) -> int | None:
         """Insert a row (``params`` holds the message fields); None when at quota."""
         if max_messages <= 0:
+            if len(params["body"]) > self._body_part:
+                return self._insert_in_parts(self.insert_sql, cur, conn, params)
             self.insert_sql.run(cur, params)
             return self._inserted(cur)
         params["max"] = max_messages
@@ -234,13 +264,16 @@ class SqlOps:
             conn.commit()
             return mid
         if self.kind == "mysql":
-            # GET_LOCK is held by the session, not the transaction: released in ``finally``.
+            # GET_LOCK is held by the session, not the transaction: released in ``finally``,
+            # after the commit of a large body's transaction.
             name = "msilo:" + key.hex()
             self.lock_sql.run(cur, {"key": name, "wait": self.timeout})
             got = cur.fetchone()
             if not got or got[0] != 1:
                 raise StorageError("timed out waiting for the owner's quota lock")
             try:
+                if len(params["body"]) > self._body_part:
+                    return self._insert_in_parts(self.quota_sql, cur, conn, params)
                 self.quota_sql.run(cur, params)
                 return self._inserted(cur)
             finally:
@@ -248,6 +281,21 @@ class SqlOps:
                 cur.fetchall()
         self.quota_sql.run(cur, params)  # SQLite: one statement, one writer
         return self._inserted(cur)
+
+    def _insert_in_parts(
+        self, sql: _Sql, cur: Any, conn: Any, params: dict[str, Any]
+    ) -> int | None:
+        """MySQL: insert a body too large for one statement in parts, in one transaction."""
+        body: bytes = params["body"]
+        size = self._body_part
+        cur.execute(self._begin)
+        sql.run(cur, {**params, "body": body[:size]})
+        mid = self._inserted(cur)
+        if mid is not None:
+            for start in range(size, len(body), size):
+                self.append_sql.run(cur, {"mid": mid, "part": body[start : start + size]})
+        conn.commit()
+        return mid
 
     def _inserted(self, cur: Any) -> int | None:
         if self.kind == "postgresql":

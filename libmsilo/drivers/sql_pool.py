@@ -6,6 +6,10 @@ lock-free stack and runs its pre-compiled SQL on the bare DBAPI cursor. A pool c
 liveness is checked the cheap way instead: a connection whose socket has become readable while
 idle was closed by the server (restart, ``pg_terminate_backend``, ``KILL``, ``wait_timeout``) and
 is replaced; a connection idle for longer than ``ping_after`` seconds is pinged first.
+
+Every step on a network connection is bounded on the client side as well (:class:`_Watchdog`):
+the server's own bounds (``statement_timeout``, ``max_statement_time``) do not help when the
+server hangs or the network stops moving bytes, and psycopg has no read timeout at all.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import logging
 import os
 import select
+import socket
 import threading
 import time
 import weakref
@@ -24,7 +29,13 @@ from sqlalchemy.engine import Dialect, Engine
 
 from ..errors import StorageError, StorageUnavailable
 
-__all__ = ["ConnectionStack", "PooledConnection", "is_retryable", "storage_error"]
+__all__ = [
+    "ConnectionStack",
+    "PooledConnection",
+    "is_retryable",
+    "step_bound",
+    "storage_error",
+]
 
 log = logging.getLogger("libmsilo")
 
@@ -33,17 +44,35 @@ _PG_RETRY = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_det
 _MYSQL_RETRY = frozenset({1213, 1020})  # deadlock; "record has changed since last read"
 
 
+def step_bound(timeout: float) -> float:
+    """The client-side bound of one storage step for ``db_timeout`` = ``timeout``: longer than
+    the server's own per-statement bounds (``timeout``; MariaDB ``timeout + 1``), so those report
+    first when the server is merely slow, and still about ``timeout``."""
+    return timeout + max(1.5, timeout / 2)
+
+
 class PooledConnection:
-    """One DBAPI connection with its reusable cursor."""
+    """One DBAPI connection with its reusable cursor.
 
-    __slots__ = ("cursor", "dbapi", "fairy", "fd", "last_used")
+    ``bound`` is the step bound the watchdog enforces (0: not watched, e.g. SQLite);
+    ``deadline`` is 0 while idle, the monotonic deadline of the step running on it, or -1 once
+    the watchdog shut its socket down."""
 
-    def __init__(self, fairy: Any) -> None:
+    __slots__ = ("bound", "cursor", "dbapi", "deadline", "fairy", "fd", "last_used")
+
+    def __init__(self, fairy: Any, bound: float = 0.0) -> None:
         self.fairy = fairy  # SQLAlchemy's proxy: closes / invalidates the real connection
         self.dbapi: Any = fairy.dbapi_connection
         self.cursor: Any = self.dbapi.cursor()
         self.fd = _fileno(self.dbapi)
+        self.bound = bound if self.fd is not None else 0.0
+        self.deadline = 0.0
         self.last_used = time.monotonic()
+
+    @property
+    def timed_out(self) -> bool:
+        """True once the watchdog cut this connection (its step outlived ``bound``)."""
+        return self.deadline < 0
 
 
 def _fileno(dbapi: Any) -> int | None:
@@ -56,6 +85,88 @@ def _fileno(dbapi: Any) -> int | None:
         if isinstance(fd, int) and fd >= 0:
             return fd
     return None
+
+
+class _Watchdog:
+    """One thread per process that shuts down the socket of a connection whose step outlived
+    its deadline, so the call blocked on it fails at once with the DBAPI's connection error.
+
+    Arming a step is one attribute store (no lock, no wake-up): the thread never sleeps longer
+    than the shortest bound of the connections it watches, so a step armed while it sleeps cannot
+    reach its deadline before the thread looks again. Disarming takes one uncontended lock, which
+    the thread holds while it checks and cuts, so a connection already given back and reused is
+    never cut for its previous step."""
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            # The thread does not survive a fork and its lock may be held: start afresh.
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._watched: set[PooledConnection] = set()
+        self._running = False
+
+    def watch(self, conn: PooledConnection) -> None:
+        """Watch ``conn`` (a network connection with ``bound`` > 0) until :meth:`unwatch`."""
+        with self._lock:
+            self._watched.add(conn)
+            start, self._running = not self._running, True
+        if start:
+            thread = threading.Thread(target=self._loop, name="libmsilo-sql-watchdog", daemon=True)
+            thread.start()
+        else:
+            self._wake.set()  # its bound may be shorter than the thread's current sleep
+
+    def unwatch(self, conn: PooledConnection) -> None:
+        """Stop watching ``conn`` (it is being closed)."""
+        with self._lock:
+            self._watched.discard(conn)
+
+    def disarm(self, conn: PooledConnection) -> bool:
+        """End ``conn``'s step; False when the watchdog cut it (its socket is shut down)."""
+        with self._lock:
+            cut = conn.deadline < 0
+            conn.deadline = 0.0
+        return not cut
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if not self._watched:
+                    self._running = False  # the next watch() starts a new thread
+                    return
+                now = time.monotonic()
+                wake = now + min(c.bound for c in self._watched)
+                for conn in self._watched:
+                    deadline = conn.deadline
+                    if 0 < deadline <= now:
+                        self._cut(conn)
+                    elif 0 < deadline < wake:
+                        wake = deadline
+                self._wake.clear()
+            self._wake.wait(max(0.005, wake - time.monotonic()))
+
+    @staticmethod
+    def _cut(conn: PooledConnection) -> None:
+        conn.deadline = -1.0
+        log.warning(
+            "no answer from the database within %.1f s; dropping the connection", conn.bound
+        )
+        # The DBAPI may have closed the socket itself (and the number been reused) meanwhile.
+        if conn.fd is None or _fileno(conn.dbapi) != conn.fd:
+            return
+        try:
+            # A duplicate descriptor: shutdown() acts on the shared socket, close() on the copy.
+            with socket.socket(fileno=os.dup(conn.fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            log.debug("could not shut a stuck SQL connection down", exc_info=True)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _readable(fd: int) -> bool:
@@ -82,10 +193,19 @@ class ConnectionStack:
 
     ``single`` keeps one connection shared under a lock (an in-memory SQLite database exists
     only in the connection that created it). A forked child starts with no idle connections:
-    the parent's stay the parent's."""
+    the parent's stay the parent's. ``bound`` > 0 limits each step on a network connection
+    (from :meth:`checkout` to :meth:`checkin` / :meth:`discard`) to that many seconds."""
 
-    def __init__(self, engine: Engine, *, single: bool = False, ping_after: float = 10.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        single: bool = False,
+        ping_after: float = 10.0,
+        bound: float = 0.0,
+    ) -> None:
         self._engine = engine
+        self._bound = bound
         self._dialect: Dialect = engine.dialect
         self._idle: list[PooledConnection] = []
         self._single = threading.Lock() if single else None
@@ -112,7 +232,8 @@ class ConnectionStack:
         return self._closed
 
     def checkout(self) -> PooledConnection:
-        """An open connection: an idle one that is still alive, or a new one."""
+        """An open connection, its step bound armed: an idle one that is still alive, or a new
+        one."""
         if self._closed:
             raise StorageError("the SQL driver is closed")
         if self._single is not None:
@@ -122,8 +243,14 @@ class ConnectionStack:
                 try:
                     conn = self._idle.pop()
                 except IndexError:
-                    return self._connect()
-                if self._alive(conn):
+                    conn = self._connect()
+                    if conn.bound:
+                        conn.deadline = time.monotonic() + conn.bound
+                    return conn
+                now = time.monotonic()
+                if conn.bound:
+                    conn.deadline = now + conn.bound  # also bounds the ping in _alive
+                if self._alive(conn, now):
                     return conn
                 log.info("dropping a SQL connection the server closed")
                 self._close(conn, invalidate=True)
@@ -135,7 +262,9 @@ class ConnectionStack:
     def checkin(self, conn: PooledConnection) -> None:
         """Give back a connection that is idle (no transaction open)."""
         conn.last_used = time.monotonic()
-        if self._closed:
+        if conn.bound and not _WATCHDOG.disarm(conn):
+            self._close(conn, invalidate=True)  # cut by the watchdog just as its step ended
+        elif self._closed:
             self._close(conn, invalidate=False)
         else:
             self._idle.append(conn)
@@ -167,14 +296,17 @@ class ConnectionStack:
 
     def _connect(self) -> PooledConnection:
         try:
-            return PooledConnection(self._engine.raw_connection())
+            conn = PooledConnection(self._engine.raw_connection(), self._bound)
         except Exception as exc:
             raise storage_error(exc, self._dialect, None, connecting=True) from exc
+        if conn.bound:
+            _WATCHDOG.watch(conn)
+        return conn
 
-    def _alive(self, conn: PooledConnection) -> bool:
+    def _alive(self, conn: PooledConnection, now: float) -> bool:
         if conn.fd is not None and _readable(conn.fd):
             return False  # an idle connection has nothing to read unless the server hung up
-        if time.monotonic() - conn.last_used <= self._ping_after:
+        if now - conn.last_used <= self._ping_after:
             return True
         try:
             self._dialect.do_ping(conn.dbapi)
@@ -183,6 +315,8 @@ class ConnectionStack:
         return True
 
     def _close(self, conn: PooledConnection, *, invalidate: bool) -> None:
+        if conn.bound:
+            _WATCHDOG.unwatch(conn)
         with contextlib.suppress(Exception):  # a broken connection's cursor may fail to close
             conn.cursor.close()
         try:
@@ -206,6 +340,10 @@ def storage_error(
     if isinstance(exc, StorageError):
         return exc
     orig = _dbapi_error(exc)
+    if conn is not None and conn.timed_out:
+        return StorageUnavailable(
+            f"database unavailable: no answer within {conn.bound:.1f} s ({type(orig).__name__})"
+        )
     lost = connecting or isinstance(orig, OSError)
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         lost = True
