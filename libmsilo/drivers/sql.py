@@ -6,6 +6,14 @@ every statement once per dialect (:mod:`.sql_ops`); each call then runs that SQL
 cursor taken from a small connection stack (:mod:`.sql_pool`), keeping the cost per call close to
 the DBAPI's own. URL schemes: ``sqlite``, ``postgresql[+dbapi]``, ``postgres``,
 ``mysql[+dbapi]``, ``mariadb[+dbapi]``.
+
+Bounds: the server stops each statement after ``timeout`` (PostgreSQL ``statement_timeout`` and
+``lock_timeout``, MariaDB ``max_statement_time``); on the client, a watchdog cuts the connection
+of a step still running after :func:`.sql_pool.step_bound` (a hung server, a stalled network),
+which then fails with :class:`StorageUnavailable`. MySQL bodies: PyMySQL doubles them on the
+wire (hex), so one larger than half of the server's ``max_allowed_packet`` is written in parts
+within one transaction, and one that could not come back in a packet raises
+:class:`InvalidRequest` before anything is sent (see :mod:`.sql_ops`).
 """
 
 from __future__ import annotations

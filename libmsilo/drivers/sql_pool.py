@@ -116,7 +116,13 @@ class _Watchdog:
             start, self._running = not self._running, True
         if start:
             thread = threading.Thread(target=self._loop, name="libmsilo-sql-watchdog", daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except BaseException:
+                with self._lock:
+                    self._watched.discard(conn)
+                    self._running = False
+                raise
         else:
             self._wake.set()  # its bound may be shorter than the thread's current sleep
 
@@ -127,9 +133,12 @@ class _Watchdog:
 
     def disarm(self, conn: PooledConnection) -> bool:
         """End ``conn``'s step; False when the watchdog cut it (its socket is shut down)."""
-        with self._lock:
+        self._lock.acquire()  # cheaper than ``with`` on this per-call path
+        try:
             cut = conn.deadline < 0
             conn.deadline = 0.0
+        finally:
+            self._lock.release()
         return not cut
 
     def _loop(self) -> None:
@@ -160,7 +169,13 @@ class _Watchdog:
             return
         try:
             # A duplicate descriptor: shutdown() acts on the shared socket, close() on the copy.
-            with socket.socket(fileno=os.dup(conn.fd)) as sock:
+            dup = os.dup(conn.fd)
+            try:
+                sock = socket.socket(fileno=dup)
+            except OSError:
+                os.close(dup)
+                raise
+            with sock:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             log.debug("could not shut a stuck SQL connection down", exc_info=True)
@@ -252,6 +267,12 @@ class ConnectionStack:
                     conn.deadline = now + conn.bound  # also bounds the ping in _alive
                 if self._alive(conn, now):
                     return conn
+                if conn.timed_out:  # the ping got no answer: the server is out of reach
+                    self._close(conn, invalidate=True)
+                    self.flush()
+                    raise StorageUnavailable(
+                        f"database unavailable: no answer to a ping within {conn.bound:.1f} s"
+                    )
                 log.info("dropping a SQL connection the server closed")
                 self._close(conn, invalidate=True)
         except BaseException:
@@ -300,7 +321,11 @@ class ConnectionStack:
         except Exception as exc:
             raise storage_error(exc, self._dialect, None, connecting=True) from exc
         if conn.bound:
-            _WATCHDOG.watch(conn)
+            try:
+                _WATCHDOG.watch(conn)
+            except BaseException:  # no thread to watch it: no connection either
+                self._close(conn, invalidate=True)
+                raise
         return conn
 
     def _alive(self, conn: PooledConnection, now: float) -> bool:
