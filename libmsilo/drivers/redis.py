@@ -211,25 +211,25 @@ class RedisDriver:
             return self._execute(*command)
 
     def _run_many(self, calls: Sequence[Call]) -> list[Any]:
-        """Run script calls in pipelines, replies in call order. Calls refused with NOSCRIPT
-        (which did not run) are sent again once their scripts are loaded; any other error is
-        raised after every reply was read."""
+        """Run script calls in pipelines (at most _PIPELINE_KEYS message keys each), replies in
+        call order. Calls refused with NOSCRIPT (which did not run) are sent again once their
+        scripts are loaded; any other error is raised after every reply was read."""
         replies: list[Any] = [None] * len(calls)
-        start = 0
-        while start < len(calls):
-            end, keys = start, 0
-            while end < len(calls) and (
-                end == start or keys + len(calls[end][1]) <= _PIPELINE_KEYS
-            ):
-                keys += len(calls[end][1])
-                end += 1
-            self._pipeline(calls, range(start, end), replies)
-            start = end
+        chunk: list[int] = []
+        keys = 0
+        for i, (_, call_keys, _) in enumerate(calls):
+            if chunk and keys + len(call_keys) > _PIPELINE_KEYS:
+                self._pipeline(calls, chunk, replies)
+                chunk, keys = [], 0
+            chunk.append(i)
+            keys += len(call_keys)
+        if chunk:
+            self._pipeline(calls, chunk, replies)
         return replies
 
-    def _pipeline(self, calls: Sequence[Call], todo: Iterable[int], replies: list[Any]) -> None:
+    def _pipeline(self, calls: Sequence[Call], todo: list[int], replies: list[Any]) -> None:
+        """Send ``calls[i]`` for each ``i`` in ``todo`` in one pipeline; store their replies."""
         client = self.client
-        todo = list(todo)
         for attempt in range(2):
             pipe = client.pipeline(transaction=False)
             for i in todo:
