@@ -140,7 +140,8 @@ class Driver(Protocol):
         self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
         """Lease the owner's unexpired, non-reminder rows that no live lease holds, in id
-        order (at most ``limit`` when > 0) to ``token`` until ``lease_until``; return them."""
+        order (at most ``limit`` when > 0) to ``token`` until ``lease_until``; return them.
+        ``token`` must be new for every claim call (``Silo`` uses a fresh uuid4)."""
 
     def claim_due_reminders(
         self, now: int, lease_until: int, token: str, limit: int = 0
