@@ -17,22 +17,13 @@ from bson.binary import Binary
 from bson.int64 import Int64
 from pymongo import ASCENDING, ReturnDocument
 
+from ..drivers.base import MESSAGE_FIELDS
 from .workload import EXPIRE_TIME, RawMessage, Row, render_dump, render_reminder
 
 __all__ = ["RawMongo", "mongo_database", "mongo_document"]
 
 Doc = dict[str, Any]
-_FIELDS = (
-    "src_addr",
-    "dst_addr",
-    "username",
-    "domain",
-    "body",
-    "ctype",
-    "inc_time",
-    "exp_time",
-    "snd_time",
-)
+_FIELDS = MESSAGE_FIELDS
 
 
 def mongo_database(url: str) -> tuple[Any, Any]:

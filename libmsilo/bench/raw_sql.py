@@ -11,23 +11,13 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from ..drivers import open_driver, url_scheme
-from ..drivers.base import StoreLayout
+from ..drivers.base import MESSAGE_FIELDS, StoreLayout
 from ..errors import SettingsError
 from .workload import RawMessage, Row, render_dump, render_reminder
 
 __all__ = ["RawMySQL", "RawPostgres", "RawSQLite", "open_raw_sql"]
 
-COLUMNS = (
-    "src_addr",
-    "dst_addr",
-    "username",
-    "domain",
-    "body",
-    "ctype",
-    "inc_time",
-    "exp_time",
-    "snd_time",
-)
+COLUMNS = MESSAGE_FIELDS
 _DUMP_COLS = "mid, src_addr, dst_addr, ctype, body, inc_time"
 _SWEEP_COLS = "mid, username, domain, ctype, body, snd_time"
 _CHUNK = 5000
