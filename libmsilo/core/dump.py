@@ -107,19 +107,26 @@ def dump_target(plan: DumpPlan, settings: MsiloSettings, contact: str | None) ->
     return None
 
 
+def _type_and_contact(
+    msg: StoredMessage, contact: str, settings: MsiloSettings
+) -> list[tuple[str, str]]:
+    """The Content-Type and the ``;msilo=yes`` Contact marker of a sent row [§3.6, §5]."""
+    headers: list[tuple[str, str]] = []
+    if msg.ctype:
+        headers.append(("Content-Type", _stored_value(msg.ctype, "ctype", msg.mid)))
+    if settings.add_contact:
+        headers.append(("Contact", f"<{contact}>;msilo=yes"))
+    return headers
+
+
 def dump_message(
     msg: StoredMessage, settings: MsiloSettings, target: str | None, token: str | None
 ) -> OutgoingMessage:
     """The MESSAGE that delivers one stored row [§3.6]; ``InvalidRequest`` if it cannot be built."""
     src = _stored_value(msg.src_addr, "src_addr", msg.mid)
     dst = _stored_value(msg.dst_addr, "dst_addr", msg.mid)
-    headers: list[tuple[str, str]] = []
-    if msg.inc_time > 0:
-        headers.append(("Date", rfc1123(msg.inc_time)))
-    if msg.ctype:
-        headers.append(("Content-Type", _stored_value(msg.ctype, "ctype", msg.mid)))
-    if settings.add_contact:
-        headers.append(("Contact", f"<{src}>;msilo=yes"))
+    headers = [("Date", rfc1123(msg.inc_time))] if msg.inc_time > 0 else []
+    headers += _type_and_contact(msg, src, settings)
     return OutgoingMessage(
         kind=MessageKind.DUMP,
         mid=msg.mid,
@@ -150,11 +157,7 @@ def reminder_message(
     user = _stored_value(msg.username, "username", msg.mid)
     domain = _stored_value(msg.domain, "domain", msg.mid)
     target = _reminder_target(user, domain)
-    headers: list[tuple[str, str]] = []
-    if msg.ctype:
-        headers.append(("Content-Type", _stored_value(msg.ctype, "ctype", msg.mid)))
-    if settings.add_contact:
-        headers.append(("Contact", f"<{settings.reminder}>;msilo=yes"))
+    headers = _type_and_contact(msg, settings.reminder, settings)
     return OutgoingMessage(
         kind=MessageKind.REMINDER,
         mid=msg.mid,
