@@ -359,17 +359,17 @@ class SipRequest:
     @property
     def from_addr(self) -> NameAddr:
         """The From header (InvalidRequest when missing, InvalidURI when it does not parse)."""
-        value: NameAddr | None = self._cache.get("from")
-        if value is None:
-            value = self._cache["from"] = parse_name_addr(self._first("from", "From"))
-        return value
+        return self._address("from", "From")
 
     @property
     def to_addr(self) -> NameAddr:
         """The To header (InvalidRequest when missing, InvalidURI when it does not parse)."""
-        value: NameAddr | None = self._cache.get("to")
+        return self._address("to", "To")
+
+    def _address(self, key: str, name: str) -> NameAddr:
+        value: NameAddr | None = self._cache.get(key)
         if value is None:
-            value = self._cache["to"] = parse_name_addr(self._first("to", "To"))
+            value = self._cache[key] = parse_name_addr(self._first(key, name))
         return value
 
     def _first(self, key: str, name: str) -> str:
