@@ -89,7 +89,7 @@ _RURI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\x00-\x20\x7f]*")
 _REQUEST_LINE = re.compile(
     r"([A-Za-z0-9\-.!%*_+`'~]+) ([A-Za-z][A-Za-z0-9+\-.]*:[^\x00-\x20\x7f]*) [Ss][Ii][Pp]/2\.0"
 )
-_DIGITS = re.compile(r"[0-9]{1,10}")
+_DIGITS = re.compile(r"0*[0-9]{1,10}")  # leading zeros do not count
 _FORBIDDEN_IN_VALUE = re.compile(r"[\x00\r\n]")
 # C atoi: optional white space, optional sign, then as many digits as there are.
 _ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]*)")
@@ -376,6 +376,8 @@ class SipRequest:
         values = self._by_name.get(key)
         if values is None:
             raise InvalidRequest(f"no {name} header")
+        if len(values) > 1:  # RFC 3261 §20: From and To appear exactly once
+            raise InvalidRequest(f"{len(values)} {name} headers; a request has exactly one")
         return values[0]
 
     @property
@@ -539,11 +541,15 @@ def _request_line(line: str) -> tuple[str, str]:
 
 def _content_length(values: list[str]) -> int:
     # Content-Length = ( "Content-Length" / "l" ) HCOLON 1*DIGIT (RFC 3261 §20.14). Several
-    # different values make the body boundary ambiguous, so they are refused.
-    first = values[0]
-    if (len(values) > 1 and values.count(first) != len(values)) or _DIGITS.fullmatch(first) is None:
-        raise InvalidRequest(f"invalid Content-Length {first[:20]!r}")
-    return int(first)
+    # different values make the body boundary ambiguous, so they are refused; "05" equals "5".
+    sizes = set()
+    for value in values:
+        if _DIGITS.fullmatch(value) is None:
+            raise InvalidRequest(f"invalid Content-Length {value[:20]!r}")
+        sizes.add(int(value))
+    if len(sizes) > 1:
+        raise InvalidRequest(f"conflicting Content-Length values {sorted(sizes)}")
+    return sizes.pop()
 
 
 class MessageKind(enum.Enum):

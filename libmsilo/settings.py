@@ -3,11 +3,17 @@
 Values come from keyword arguments, ``MSILO_*`` environment variables or a ``.env`` file
 (pydantic-settings), or from a server config via :meth:`MsiloSettings.from_opensips_cfg`. Templates
 and the time zone are checked and compiled here, once, so a bad value fails at start-up.
+
+An unknown keyword argument is an error (a typo in code); variables of the environment or of
+``.env`` that are not libmsilo's are ignored, since other programs share both. An unknown
+``MSILO_*`` variable is logged once by name (``MSILO_TEST_*`` belongs to the test suite).
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import os
 import re
 from datetime import tzinfo
 from typing import Any
@@ -22,6 +28,11 @@ from .templating import Template, compile_template
 from .timefmt import local_zone, parse_zone
 
 __all__ = ["MsiloSettings", "Profile"]
+
+log = logging.getLogger("libmsilo")
+
+_ENV_PREFIX = "MSILO_"
+_warned_names: set[str] = set()
 
 
 class Profile(enum.Enum):
@@ -55,6 +66,7 @@ _COLUMNS = (
     "sc_inc_time",
     "sc_snd_time",
 )
+_C_INT = re.compile(r"[+-]?[0-9]+")
 _AVP_SPEC = re.compile(r"\$avp\(([A-Za-z0-9_.:-]+)\)|([A-Za-z_][A-Za-z0-9_.:-]*)")
 
 
@@ -62,7 +74,7 @@ class MsiloSettings(BaseSettings):
     """msilo configuration; invalid values raise :class:`SettingsError` naming the parameter."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MSILO_", env_file=".env", extra="forbid", frozen=True, validate_default=True
+        env_prefix=_ENV_PREFIX, env_file=".env", extra="ignore", frozen=True, validate_default=True
     )
 
     db_url: str = "sqlite:///msilo.db"
@@ -91,7 +103,7 @@ class MsiloSettings(BaseSettings):
     sc_snd_time: str = "snd_time"
     snd_time_avp: str | None = None
     add_date: bool = True
-    max_messages: int = Field(0, ge=0)
+    max_messages: int = 0
     add_contact: bool = True
 
     timezone: str | None = None
@@ -105,10 +117,17 @@ class MsiloSettings(BaseSettings):
     _zone: tzinfo = PrivateAttr(default_factory=local_zone)
 
     def __init__(self, **values: Any) -> None:
+        # pydantic-settings' own init options (``_env_file``, ...) start with "_".
+        unknown = sorted(
+            k for k in values if not k.startswith("_") and k not in type(self).model_fields
+        )
+        if unknown:
+            raise SettingsError("; ".join(f"{k}: not a libmsilo setting" for k in unknown))
         try:
             super().__init__(**values)
         except ValidationError as exc:
             raise SettingsError(_describe(exc)) from exc
+        _warn_unknown_variables(set(type(self).model_fields), values.get("_env_file", ".env"))
 
     @model_validator(mode="before")
     @classmethod
@@ -128,6 +147,21 @@ class MsiloSettings(BaseSettings):
         if not IDENTIFIER_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*)")
         return value
+
+    @field_validator("add_date", "use_contact", "add_contact", mode="before")
+    @classmethod
+    def _c_flag(cls, value: Any) -> Any:
+        # The modules read these as C ints: any non-zero value switches the option on.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value != 0
+        if isinstance(value, str) and _C_INT.fullmatch(value.strip()):
+            return int(value.strip()) != 0
+        return value
+
+    @field_validator("max_messages")
+    @classmethod
+    def _no_limit(cls, value: int) -> int:
+        return max(value, 0)  # the modules treat any value <= 0 as "no limit"
 
     @field_validator("snd_time_avp")
     @classmethod
@@ -234,6 +268,37 @@ class MsiloSettings(BaseSettings):
             values[name] = value
         values.update(overrides)
         return cls(**values)
+
+
+def _env_file_names(env_file: Any) -> list[str]:
+    """Variable names set in the ``.env`` file(s) pydantic-settings reads."""
+    if env_file is None:
+        return []
+    paths = env_file if isinstance(env_file, list | tuple) else [env_file]
+    names: list[str] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in lines:
+            name = line.strip().removeprefix("export ").partition("=")[0].strip()
+            names.append(name)
+    return names
+
+
+def _warn_unknown_variables(known: set[str], env_file: Any) -> None:
+    """Log each ``MSILO_*`` variable that names no setting, once per process."""
+    prefix = len(_ENV_PREFIX)
+    for name in [*os.environ, *_env_file_names(env_file)]:
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or upper.startswith("MSILO_TEST_"):
+            continue
+        if name[prefix:].lower() in known or name in _warned_names:
+            continue
+        _warned_names.add(name)
+        log.warning("environment variable %s is not a libmsilo setting; ignored", name)
 
 
 def _describe(exc: ValidationError) -> str:

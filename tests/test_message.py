@@ -338,6 +338,39 @@ def test_equal_repeated_content_lengths_are_fine() -> None:
 
 
 @pytest.mark.parametrize(
+    "lengths", [("Content-Length: 05",), ("Content-Length: 05", "l: 5"), ("l: 000000000005",)]
+)
+def test_leading_zeros_in_content_length_do_not_count(lengths: tuple[str, ...]) -> None:
+    raw = wire("MESSAGE sip:b@b.example SIP/2.0", *lengths, body=b"helloXX")
+    assert SipRequest.parse(raw).body == b"hello"
+
+
+@pytest.mark.parametrize("name", ["To", "t", "From", "f"])
+def test_a_second_to_or_from_header_is_invalid(name: str) -> None:
+    full = {"t": "To", "f": "From"}.get(name, name)
+    raw = wire(
+        "MESSAGE sip:b@b.example SIP/2.0",
+        "From: <sip:a@a.example>;tag=1",
+        "To: <sip:b@b.example>",
+        f"{name}: <sip:c@c.example>",
+        "Content-Length: 0",
+    )
+    req = SipRequest.parse(raw)
+    attr = "to_addr" if full == "To" else "from_addr"
+    with pytest.raises(InvalidRequest, match=f"2 {full} headers"):
+        getattr(req, attr)
+
+
+def test_store_refuses_a_message_with_two_to_headers() -> None:
+    from tests.helpers import make_silo, message
+
+    silo = make_silo()
+    with pytest.raises(InvalidRequest, match="To headers"):
+        silo.store(message(extra=[("To", "<sip:mallory@example.com>")]))
+    assert silo.count("sip:alice@example.com") == 0
+
+
+@pytest.mark.parametrize(
     ("headers", "body"),
     [
         (("Content-Length: 10",), b"short"),

@@ -72,6 +72,21 @@ def test_booleans_accept_module_style_values(flag: object) -> None:
     assert MsiloSettings(add_date=flag).add_date is (str(flag) in ("1", "true"))
 
 
+@pytest.mark.parametrize("name", ["add_date", "use_contact", "add_contact"])
+@pytest.mark.parametrize(("flag", "on"), [(2, True), (-1, True), ("7", True), ("00", False)])
+def test_c_module_flags_are_on_when_non_zero(name: str, flag: object, on: bool) -> None:
+    assert getattr(MsiloSettings(**{name: flag}), name) is on
+    cfg = f'modparam("msilo", "{name}", {flag})'
+    assert getattr(MsiloSettings.from_kamailio_cfg(cfg), name) is on
+
+
+@pytest.mark.parametrize("value", [-1, -100, "-5"])
+def test_negative_max_messages_means_no_limit(value: object) -> None:
+    assert MsiloSettings(max_messages=value).max_messages == 0
+    cfg = f'modparam("msilo", "max_messages", {value})'
+    assert MsiloSettings.from_opensips_cfg(cfg).max_messages == 0
+
+
 @pytest.mark.parametrize(
     ("values", "named"),
     [
@@ -80,7 +95,6 @@ def test_booleans_accept_module_style_values(flag: object) -> None:
         ({"check_time": -1}, "check_time"),
         ({"clean_period": 0}, "clean_period"),
         ({"send_time": -1}, "send_time"),
-        ({"max_messages": -1}, "max_messages"),
         ({"sc_mid": "id; DROP TABLE silo"}, "sc_mid"),
         ({"sc_body": "1body"}, "sc_body"),
         ({"db_table": "silo-x"}, "db_table"),
@@ -174,3 +188,46 @@ def test_bad_cfg_is_a_settings_error() -> None:
         MsiloSettings.from_opensips_cfg('\nmodparam("msilo", "expire_time" 5)')
     with pytest.raises(SettingsError, match="expire_time"):
         MsiloSettings.from_opensips_cfg('modparam("msilo", "expire_time", 0)')
+
+
+# ---- issue 9.1: variables that are not libmsilo's
+
+
+def test_unrelated_dotenv_and_environment_are_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=postgres://app@db/app\nMSILO_EXPIRE_TIME=90\n")
+    monkeypatch.setenv("SECRET_KEY", "x")
+    s = MsiloSettings()
+    assert s.expire_time == 90
+
+
+def test_unknown_msilo_variable_is_warned_once_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MSILO_EXPIRE_TIM", "60")  # a typo
+    (tmp_path / ".env").write_text("MSILO_FROM_ADRESS=sip:a@b\n")
+    with caplog.at_level("WARNING", logger="libmsilo"):
+        first = MsiloSettings()
+        MsiloSettings()
+    assert first.expire_time == 259200
+    for name in ("MSILO_EXPIRE_TIM", "MSILO_FROM_ADRESS"):
+        assert sum(name in r.getMessage() for r in caplog.records) == 1, name
+
+
+def test_silo_and_cli_start_beside_an_unrelated_dotenv(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from libmsilo import Silo
+    from libmsilo.cli import app
+
+    (tmp_path / ".env").write_text("DATABASE_URL=mysql://x@y/z\nMSILO_DB_URL=memory://\n")
+    with Silo.from_settings() as silo:
+        assert silo.settings.db_url == "memory://"
+    result = CliRunner().invoke(app, ["inbox", "sip:alice@example.com"])
+    assert result.exit_code == 0, result.output
+
+
+def test_unknown_keyword_argument_still_raises() -> None:
+    with pytest.raises(SettingsError, match="db_ulr"):
+        MsiloSettings(db_ulr="memory://")
