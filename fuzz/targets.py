@@ -29,6 +29,7 @@ _SETTINGS = MsiloSettings(
     content_type_hdr="Content-Type: text/plain\r\n",
     snd_time_avp="$avp(snd_time)",
 )
+_POLICY = _SETTINGS.policy()
 _PLAIN_SETTINGS = _SETTINGS.model_copy(update={"add_date": False})
 _BASE_REQUEST = SipRequest.parse(
     b"MESSAGE sip:alice@example.com SIP/2.0\r\n"
@@ -56,8 +57,8 @@ def _exercise(req: SipRequest) -> None:
         lambda: req.header_list("Contact"),
         lambda: plan_dump(req),
         lambda: choose_owner(req),
-        lambda: build_row(req, _SETTINGS, NOW, choose_owner(req)),
-        lambda: build_notice(req, _SETTINGS, NOW),
+        lambda: build_row(req, _POLICY, NOW, choose_owner(req)),
+        lambda: build_notice(req, _POLICY, NOW),
     ):
         with contextlib.suppress(MsiloError):
             getter()

@@ -8,22 +8,75 @@ Hand it requests, send the :class:`OutgoingMessage` values it returns, report th
         ...  # send msg, then: silo.on_reply(msg.mid, status_code)
 """
 
-from .aio import AsyncSilo
-from .core import StoreResult, StoreStatus
-from .drivers import DriverOptions, open_driver, register_driver
-from .drivers.base import Driver, NewMessage, ReleaseResult, StoredMessage, StoreLayout
-from .errors import (
-    InvalidRequest,
-    InvalidSendTime,
-    InvalidURI,
-    MsiloError,
-    SettingsError,
-    StorageError,
-    StorageUnavailable,
-)
-from .message import MessageKind, OutgoingMessage, SipRequest
-from .settings import MsiloSettings, Profile
-from .silo import ReplyOutcome, Silo, Stats, TimerThread
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .aio import AsyncSilo
+    from .core import StoreResult, StoreStatus
+    from .drivers import open_driver, register_driver
+    from .drivers.base import Driver
+    from .errors import (
+        InvalidRequest,
+        InvalidSendTime,
+        InvalidURI,
+        MsiloError,
+        SettingsError,
+        StorageError,
+        StorageUnavailable,
+    )
+    from .message import MessageKind, OutgoingMessage, SipRequest
+    from .records import DriverOptions, NewMessage, ReleaseResult, StoredMessage, StoreLayout
+    from .settings import MsiloSettings, Profile
+    from .silo import ReplyOutcome, Silo, Stats, TimerThread
+
+# Imported on first use, so that ``import libmsilo.core`` (the pure core) stays free of pydantic
+# and of the driver registry.
+_HOMES = {
+    "AsyncSilo": "aio",
+    "StoreResult": "core",
+    "StoreStatus": "core",
+    "DriverOptions": "records",
+    "open_driver": "drivers",
+    "register_driver": "drivers",
+    "Driver": "drivers.base",
+    "NewMessage": "records",
+    "ReleaseResult": "records",
+    "StoredMessage": "records",
+    "StoreLayout": "records",
+    "InvalidRequest": "errors",
+    "InvalidSendTime": "errors",
+    "InvalidURI": "errors",
+    "MsiloError": "errors",
+    "SettingsError": "errors",
+    "StorageError": "errors",
+    "StorageUnavailable": "errors",
+    "MessageKind": "message",
+    "OutgoingMessage": "message",
+    "SipRequest": "message",
+    "MsiloSettings": "settings",
+    "Profile": "settings",
+    "ReplyOutcome": "silo",
+    "Silo": "silo",
+    "Stats": "silo",
+    "TimerThread": "silo",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'libmsilo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"libmsilo.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
 
 __version__ = "0.1.0"
 

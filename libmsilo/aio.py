@@ -15,9 +15,9 @@ from datetime import datetime
 from types import TracebackType
 
 from .core import StoreResult
-from .drivers.base import StoredMessage
 from .errors import MsiloError
 from .message import OutgoingMessage, SipRequest
+from .records import StoredMessage
 from .settings import MsiloSettings
 from .silo import Clock, ReplyOutcome, Silo, Stats
 

@@ -16,14 +16,16 @@ import logging
 import os
 import re
 from datetime import tzinfo
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .drivers.base import IDENTIFIER_RE, StoreLayout
+from .core.policy import TEMPLATE_NAMES, TRANSACTION_TIMEOUT, Policy
 from .errors import SettingsError
 from .modparam import read_modparams
+from .records import IDENTIFIER_RE, StoreLayout
 from .templating import Template, compile_template
 from .timefmt import local_zone, parse_zone
 
@@ -50,10 +52,6 @@ _PRESETS: dict[Profile, dict[str, Any]] = {
     Profile.KAMAILIO: {"sc_mid": "id", "check_time": 60, "clean_period": 10, "add_contact": False},
 }
 
-#: RFC 3261 Timer F for T1 = 500 ms: a non-INVITE transaction ends within 32 s.
-TRANSACTION_TIMEOUT = 32
-
-_TEMPLATES = ("from_address", "contact_hdr", "offline_message", "content_type_hdr")
 _COLUMNS = (
     "sc_mid",
     "sc_from",
@@ -177,7 +175,7 @@ class MsiloSettings(BaseSettings):
     def _compile(self) -> MsiloSettings:
         if self.offline_message is not None and self.content_type_hdr is None:
             raise ValueError("offline_message needs content_type_hdr (the notice's Content-Type)")
-        for name in _TEMPLATES:
+        for name in TEMPLATE_NAMES:
             source = getattr(self, name)
             if source is not None:
                 try:
@@ -225,12 +223,35 @@ class MsiloSettings(BaseSettings):
     @property
     def notices_enabled(self) -> bool:
         """Whether stores may produce an offline notice."""
-        return self.from_address is not None and self.offline_message is not None
+        return self.policy().notices_enabled
 
     @property
     def reminders_enabled(self) -> bool:
         """Whether the reminder sweep runs (``reminder`` set and ``send_time > 0``)."""
-        return self.reminder is not None and self.send_time > 0
+        return self.policy().reminders_enabled
+
+    def policy(self) -> Policy:
+        """The frozen :class:`~libmsilo.core.policy.Policy` the core decides with (built anew on
+        each call, so a ``model_copy`` never carries a stale one)."""
+        return Policy(
+            zone=self.zone,
+            templates=MappingProxyType(dict(self._templates)),
+            reminder=self.reminder,
+            outbound_proxy=self.outbound_proxy,
+            expire_time=self.expire_time,
+            lease_seconds=self.lease_seconds,
+            purge_interval=self.check_time * self.clean_period,
+            send_time=self.send_time,
+            max_messages=self.max_messages,
+            max_attempts=self.max_attempts,
+            max_body_size=self.max_body_size,
+            snd_time_avp=self.snd_time_avp,
+            use_contact=self.use_contact,
+            add_date=self.add_date,
+            add_contact=self.add_contact,
+            notify_loop_guard=self.notify_loop_guard,
+            dump_to_contact=self.profile is Profile.LIBMSILO,
+        )
 
     def layout(self) -> StoreLayout:
         """Table and column names for the drivers."""

@@ -29,10 +29,11 @@ from .core import (
     reminder_time,
     split_owner_uri,
 )
-from .drivers import DriverOptions, open_driver
-from .drivers.base import Driver, ReleaseResult, StoredMessage
+from .drivers import open_driver
+from .drivers.base import Driver
 from .errors import InvalidRequest, MsiloError
 from .message import MessageKind, OutgoingMessage, SipRequest
+from .records import DriverOptions, ReleaseResult, StoredMessage
 from .settings import MsiloSettings
 
 __all__ = ["ReplyOutcome", "Silo", "Stats", "TimerThread"]
@@ -80,6 +81,7 @@ class Silo:
     ) -> None:
         self.driver = driver
         self.settings = settings if settings is not None else MsiloSettings()
+        self.policy = self.settings.policy()
         self._clock = clock
         self._lock = threading.Lock()
         self._counts = dict.fromkeys((f.name for f in fields(Stats)), 0)
@@ -147,12 +149,12 @@ class Silo:
         now = self._now()
         row = build_row(
             request,
-            self.settings,
+            self.policy,
             now,
             choose_owner(request, owner),
-            reminder_time(request, self.settings, send_at),
+            reminder_time(request, self.policy, send_at),
         )
-        mid = self.driver.insert(row, self.settings.max_messages)
+        mid = self.driver.insert(row, self.policy.max_messages)
         if mid is None:
             log.info("quota reached for %s@%s; not stored", row.username, row.domain)
             return StoreResult(StoreStatus.QUOTA_EXCEEDED)
@@ -160,7 +162,7 @@ class Silo:
         notice = None
         if notify:
             try:
-                notice = build_notice(request, self.settings, now)
+                notice = build_notice(request, self.policy, now)
             except MsiloError as exc:  # the row is stored; a notice problem must not undo that
                 log.warning("offline notice for message %d not built: %s", mid, exc)
         return StoreResult(StoreStatus.STORED, mid, notice)
@@ -181,11 +183,11 @@ class Silo:
             log.debug("no dump: %s", plan.reason)
             return []
         username, domain = dump_owner(request, owner)
-        target = dump_target(plan, self.settings, contact)
+        target = dump_target(plan, self.policy, contact)
         now = self._now()
         token = uuid.uuid4().hex
         rows = self.driver.claim(
-            username, domain, now, now + self.settings.lease_seconds, token, max(0, max_messages)
+            username, domain, now, now + self.policy.lease_seconds, token, max(0, max_messages)
         )
         return self._outgoing(rows, MessageKind.DUMP, token, now, target)
 
@@ -201,16 +203,16 @@ class Silo:
         for row in rows:
             try:
                 if kind is MessageKind.REMINDER:
-                    msg = reminder_message(row, self.settings, token)
+                    msg = reminder_message(row, self.policy, token)
                 else:
-                    msg = dump_message(row, self.settings, target, token)
+                    msg = dump_message(row, self.policy, target, token)
             except InvalidRequest as exc:
                 # Skip it and go on: one bad row must not block the others [§9.4].
                 log.warning("stored message %d cannot be sent: %s", row.mid, exc)
                 self._finish_failed(row.mid, token, kind)
                 continue
             with self._lock:
-                self._inflight[row.mid] = _Flight(token, kind, now + self.settings.lease_seconds)
+                self._inflight[row.mid] = _Flight(token, kind, now + self.policy.lease_seconds)
             out.append(msg)
         return out
 
@@ -248,7 +250,7 @@ class Silo:
     def _finish_failed(self, mid: int, token: str | None, kind: MessageKind) -> ReplyOutcome:
         reminder = kind is MessageKind.REMINDER
         result = self.driver.release(
-            mid, token, to_offline=reminder, max_attempts=self.settings.max_attempts
+            mid, token, to_offline=reminder, max_attempts=self.policy.max_attempts
         )
         if result is ReleaseResult.NOT_FOUND:
             return ReplyOutcome.IGNORED
@@ -263,7 +265,7 @@ class Silo:
     def tick(self, now: float | None = None) -> list[OutgoingMessage]:
         """Run what is due: the expiry purge and the reminder sweep; return due reminders."""
         at = self._clock() if now is None else now
-        purge, remind = self._schedule.due(at, self.settings)
+        purge, remind = self._schedule.due(at, self.policy)
         second = int(at)
         if purge:
             purged = self.driver.delete_expired(second)
@@ -276,7 +278,7 @@ class Silo:
         if not remind:
             return []
         token = uuid.uuid4().hex
-        rows = self.driver.claim_due_reminders(second, second + self.settings.lease_seconds, token)
+        rows = self.driver.claim_due_reminders(second, second + self.policy.lease_seconds, token)
         return self._outgoing(rows, MessageKind.REMINDER, token, second)
 
     def run_forever(
@@ -294,7 +296,7 @@ class Silo:
                     self._send(send, msg)
             except MsiloError:
                 log.exception("timer tick failed")
-            wait = self._schedule.seconds_to_next(self._clock(), self.settings)
+            wait = self._schedule.seconds_to_next(self._clock(), self.policy)
             stop.wait(min(max(wait, 0.05), poll))
 
     def _send(self, send: Sender, msg: OutgoingMessage) -> None:

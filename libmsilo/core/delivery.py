@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest
-from ..settings import MsiloSettings
+from .policy import Policy
 
 __all__ = ["ReplyClass", "TimerSchedule", "classify_reply"]
 
@@ -37,21 +37,21 @@ class TimerSchedule:
     next_purge: float | None = None
     next_reminders: float | None = None
 
-    def due(self, now: float, settings: MsiloSettings) -> tuple[bool, bool]:
+    def due(self, now: float, policy: Policy) -> tuple[bool, bool]:
         """Whether the purge and the reminder sweep run at ``now``; advances the schedule."""
         purge = self.next_purge is None or now >= self.next_purge
         if purge:
-            self.next_purge = now + settings.check_time * settings.clean_period
-        remind = settings.reminders_enabled and (
+            self.next_purge = now + policy.purge_interval
+        remind = policy.reminders_enabled and (
             self.next_reminders is None or now >= self.next_reminders
         )
         if remind:
-            self.next_reminders = now + settings.send_time
+            self.next_reminders = now + policy.send_time
         return purge, remind
 
-    def seconds_to_next(self, now: float, settings: MsiloSettings) -> float:
+    def seconds_to_next(self, now: float, policy: Policy) -> float:
         """How long a timer thread may sleep before something is due."""
         times = [t for t in (self.next_purge, self.next_reminders) if t is not None]
-        if settings.reminders_enabled and self.next_reminders is None:
+        if policy.reminders_enabled and self.next_reminders is None:
             return 0.0
         return max(0.0, min(times) - now) if times else 0.0

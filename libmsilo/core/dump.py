@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote
 
-from ..drivers.base import StoredMessage
 from ..errors import InvalidRequest, InvalidURI
 from ..message import MessageKind, OutgoingMessage, SipRequest
-from ..settings import MsiloSettings, Profile
+from ..records import StoredMessage
 from ..timefmt import ctime24, rfc1123
 from ..uri import NameAddr, parse_uri
 from .limits import CONTROL, MIME
 from .owner import parse_uri_argument
+from .policy import Policy
 
 # unreserved marks and user-unreserved characters, plus '%' so existing escapes stay as they are
 _USER_SAFE = "-_.!~*'()&=+$,;?/%"
@@ -85,11 +85,11 @@ def is_text_plain(ctype: str) -> bool:
     return bool(MIME.fullmatch(mime)) and mime.lower() == "text/plain"
 
 
-def _prefixed(kind: str, when: int, msg: StoredMessage, settings: MsiloSettings) -> bytes:
+def _prefixed(kind: str, when: int, msg: StoredMessage, policy: Policy) -> bytes:
     # Every body size gets the prefix: the modules silently skip it above 978 bytes [§9.17].
-    if not settings.add_date or not is_text_plain(msg.ctype):
+    if not policy.add_date or not is_text_plain(msg.ctype):
         return msg.body
-    return f"[{kind} message - {ctime24(when, settings.zone)}] ".encode() + msg.body
+    return f"[{kind} message - {ctime24(when, policy.zone)}] ".encode() + msg.body
 
 
 def _stored_value(value: str, what: str, mid: int) -> str:
@@ -98,35 +98,33 @@ def _stored_value(value: str, what: str, mid: int) -> str:
     return value
 
 
-def dump_target(plan: DumpPlan, settings: MsiloSettings, contact: str | None) -> str | None:
+def dump_target(plan: DumpPlan, policy: Policy, contact: str | None) -> str | None:
     """The Request-URI of dumped messages, or None for each row's stored To URI [§3.6]."""
     if contact is not None:
         return str(parse_uri_argument(contact))
-    if plan.contact is not None and settings.profile is Profile.LIBMSILO:
+    if plan.contact is not None and policy.dump_to_contact:
         return str(plan.contact.uri)
     return None
 
 
-def _type_and_contact(
-    msg: StoredMessage, contact: str, settings: MsiloSettings
-) -> list[tuple[str, str]]:
+def _type_and_contact(msg: StoredMessage, contact: str, policy: Policy) -> list[tuple[str, str]]:
     """The Content-Type and the ``;msilo=yes`` Contact marker of a sent row [§3.6, §5]."""
     headers: list[tuple[str, str]] = []
     if msg.ctype:
         headers.append(("Content-Type", _stored_value(msg.ctype, "ctype", msg.mid)))
-    if settings.add_contact:
+    if policy.add_contact:
         headers.append(("Contact", f"<{contact}>;msilo=yes"))
     return headers
 
 
 def dump_message(
-    msg: StoredMessage, settings: MsiloSettings, target: str | None, token: str | None
+    msg: StoredMessage, policy: Policy, target: str | None, token: str | None
 ) -> OutgoingMessage:
     """The MESSAGE that delivers one stored row [§3.6]; ``InvalidRequest`` if it cannot be built."""
     src = _stored_value(msg.src_addr, "src_addr", msg.mid)
     dst = _stored_value(msg.dst_addr, "dst_addr", msg.mid)
     headers = [("Date", rfc1123(msg.inc_time))] if msg.inc_time > 0 else []
-    headers += _type_and_contact(msg, src, settings)
+    headers += _type_and_contact(msg, src, policy)
     return OutgoingMessage(
         kind=MessageKind.DUMP,
         mid=msg.mid,
@@ -134,9 +132,9 @@ def dump_message(
         from_uri=src,
         to_uri=dst,
         headers=tuple(headers),
-        body=_prefixed("Offline", msg.inc_time, msg, settings),
+        body=_prefixed("Offline", msg.inc_time, msg, policy),
         content_type=msg.ctype or None,
-        next_hop=settings.outbound_proxy,
+        next_hop=policy.outbound_proxy,
         lease_token=token,
     )
 
@@ -147,26 +145,24 @@ def _reminder_target(user: str, domain: str) -> str:
     return str(parse_uri(f"sip:{quote(user, safe=_USER_SAFE)}@{domain}"))
 
 
-def reminder_message(
-    msg: StoredMessage, settings: MsiloSettings, token: str | None
-) -> OutgoingMessage:
+def reminder_message(msg: StoredMessage, policy: Policy, token: str | None) -> OutgoingMessage:
     """The MESSAGE that delivers a due reminder [§5]: to ``sip:user@domain``, from ``reminder``,
     no Date header."""
-    if settings.reminder is None:
+    if policy.reminder is None:
         raise InvalidRequest("reminders are off (no reminder From URI)")
     user = _stored_value(msg.username, "username", msg.mid)
     domain = _stored_value(msg.domain, "domain", msg.mid)
     target = _reminder_target(user, domain)
-    headers = _type_and_contact(msg, settings.reminder, settings)
+    headers = _type_and_contact(msg, policy.reminder, policy)
     return OutgoingMessage(
         kind=MessageKind.REMINDER,
         mid=msg.mid,
         ruri=target,
-        from_uri=settings.reminder,
+        from_uri=policy.reminder,
         to_uri=target,
         headers=tuple(headers),
-        body=_prefixed("Reminder", msg.snd_time, msg, settings),
+        body=_prefixed("Reminder", msg.snd_time, msg, policy),
         content_type=msg.ctype or None,
-        next_hop=settings.outbound_proxy,
+        next_hop=policy.outbound_proxy,
         lease_token=token,
     )

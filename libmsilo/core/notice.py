@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from ..errors import InvalidURI
 from ..message import MessageKind, OutgoingMessage, SipRequest
-from ..settings import MsiloSettings
 from ..templating import Template
 from ..uri import NameAddr, aor, parse_name_addr
 from .limits import CONTROL, HEADER_NAME
+from .policy import Policy
 
 __all__ = ["build_notice", "notice_target"]
 
 
 def _render_header_lines(
-    template: Template, request: SipRequest, settings: MsiloSettings, now: int, default: str
+    template: Template, request: SipRequest, policy: Policy, now: int, default: str
 ) -> list[tuple[str, str]] | None:
     """Header lines from a ``contact_hdr`` / ``content_type_hdr`` template (None if unsafe)."""
-    text = template.render(request, now=now, tz=settings.zone)
+    text = template.render(request, now=now, tz=policy.zone)
     # A value from the request must not add header lines of its own (CRLF injection).
     if text.count("\n") > template.source.count("\n") or "\r" in text.replace("\r\n", ""):
         return None
@@ -62,43 +62,43 @@ def notice_target(request: SipRequest, use_contact: bool) -> str:
     return str(request.from_addr.uri)
 
 
-def build_notice(request: SipRequest, settings: MsiloSettings, now: int) -> OutgoingMessage | None:
+def build_notice(request: SipRequest, policy: Policy, now: int) -> OutgoingMessage | None:
     """The "recipient is offline" notice for a stored request, or None [§2.9]."""
-    if not settings.notices_enabled:
+    if not policy.notices_enabled:
         return None
-    from_t = settings.template("from_address")
-    body_t = settings.template("offline_message")
-    ctype_t = settings.template("content_type_hdr")
+    from_t = policy.template("from_address")
+    body_t = policy.template("offline_message")
+    ctype_t = policy.template("content_type_hdr")
     if from_t is None or body_t is None or ctype_t is None:
         return None
-    notice_from = from_t.render(request, now=now, tz=settings.zone).strip()
+    notice_from = from_t.render(request, now=now, tz=policy.zone).strip()
     if not notice_from or CONTROL.search(notice_from):
         return None
-    if settings.notify_loop_guard and _is_loop(request, notice_from):
+    if policy.notify_loop_guard and _is_loop(request, notice_from):
         return None
     headers: list[tuple[str, str]] = []
-    contact_t = settings.template("contact_hdr")
+    contact_t = policy.template("contact_hdr")
     if contact_t is not None:
-        contact_lines = _render_header_lines(contact_t, request, settings, now, "Contact")
+        contact_lines = _render_header_lines(contact_t, request, policy, now, "Contact")
         if contact_lines is None:
             return None
         headers += contact_lines
-    ctype_lines = _render_header_lines(ctype_t, request, settings, now, "Content-Type")
+    ctype_lines = _render_header_lines(ctype_t, request, policy, now, "Content-Type")
     if not ctype_lines:
         return None
     headers += ctype_lines
     content_type = next(
         (v for n, v in ctype_lines if n.lower() in ("content-type", "c")), ctype_lines[0][1]
     )
-    body = body_t.render(request, now=now, tz=settings.zone).encode("utf-8")
+    body = body_t.render(request, now=now, tz=policy.zone).encode("utf-8")
     return OutgoingMessage(
         kind=MessageKind.NOTICE,
         mid=None,
-        ruri=notice_target(request, settings.use_contact),
+        ruri=notice_target(request, policy.use_contact),
         from_uri=notice_from,
         to_uri=str(request.from_addr.uri),
         headers=tuple(headers),
         body=body,
         content_type=content_type,
-        next_hop=settings.outbound_proxy,
+        next_hop=policy.outbound_proxy,
     )

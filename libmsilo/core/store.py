@@ -6,12 +6,12 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..drivers.base import NewMessage
 from ..errors import InvalidRequest
 from ..message import OutgoingMessage, SipRequest
-from ..settings import MsiloSettings
+from ..records import NewMessage
 from ..timefmt import send_time_to_epoch
 from .limits import DEFAULT_CTYPE, MAX_ADDR, MAX_CTYPE, checked
+from .policy import Policy
 
 __all__ = ["StoreResult", "StoreStatus", "build_row", "reminder_time"]
 
@@ -49,7 +49,7 @@ def _avp_value(request: SipRequest, name: str) -> str | None:
 
 
 def reminder_time(
-    request: SipRequest, settings: MsiloSettings, send_at: datetime | int | float | str | None
+    request: SipRequest, policy: Policy, send_at: datetime | int | float | str | None
 ) -> int:
     """The reminder send time of a stored request, 0 for an ordinary message [§2.6].
 
@@ -57,31 +57,31 @@ def reminder_time(
     instead of silently storing an ordinary message as the modules do.
     """
     if send_at is not None:
-        return send_time_to_epoch(send_at, settings.zone)
-    if settings.snd_time_avp is None:
+        return send_time_to_epoch(send_at, policy.zone)
+    if policy.snd_time_avp is None:
         return 0
-    value = _avp_value(request, settings.snd_time_avp)
+    value = _avp_value(request, policy.snd_time_avp)
     if value is None:
         return 0
-    return send_time_to_epoch(value, settings.zone)
+    return send_time_to_epoch(value, policy.zone)
 
 
 def build_row(
     request: SipRequest,
-    settings: MsiloSettings,
+    policy: Policy,
     now: int,
     owner: tuple[str, str],
     snd_time: int = 0,
 ) -> NewMessage:
     """The row ``m_store`` writes for ``request`` [§2.4]."""
-    if len(request.body) > settings.max_body_size:
+    if len(request.body) > policy.max_body_size:
         raise InvalidRequest(
-            f"body of {len(request.body)} bytes is over max_body_size ({settings.max_body_size})"
+            f"body of {len(request.body)} bytes is over max_body_size ({policy.max_body_size})"
         )
     src = checked(str(request.from_addr.uri), "From URI", MAX_ADDR)
     dst = checked(str(request.to_addr.uri), "To URI", MAX_ADDR)
     ctype = checked(request.content_type or DEFAULT_CTYPE, "Content-Type", MAX_CTYPE)
-    lifetime = settings.expire_time
+    lifetime = policy.expire_time
     expires = request.expires
     if expires is not None and expires > 0:
         lifetime = min(lifetime, expires)  # the request may shorten the lifetime, never extend

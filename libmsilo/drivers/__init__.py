@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from ..errors import SettingsError
-from .base import Driver, NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from ..records import DriverOptions, NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .base import Driver
 
 __all__ = [
     "Driver",
@@ -27,13 +27,6 @@ __all__ = [
     "register_driver",
     "url_scheme",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class DriverOptions:
-    """Backend-independent connection options."""
-
-    timeout: float = 5.0  # seconds for connecting and for one storage step
 
 
 DriverFactory = Callable[[str, StoreLayout, DriverOptions], Driver]

@@ -1,4 +1,4 @@
-"""The storage driver contract and the records drivers store.
+"""The storage driver contract (the records it stores live in :mod:`libmsilo.records`).
 
 A driver turns each method below into one atomic step on its backend and knows nothing of SIP.
 Times are integer epoch seconds (64-bit); bodies are bytes and come back byte-exact.
@@ -6,10 +6,17 @@ Times are integer epoch seconds (64-bit); bodies are bytes and come back byte-ex
 
 from __future__ import annotations
 
-import enum
-import re
-from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
+
+from ..records import (
+    IDENTIFIER_RE,
+    LEASE_FIELDS,
+    MESSAGE_FIELDS,
+    NewMessage,
+    ReleaseResult,
+    StoredMessage,
+    StoreLayout,
+)
 
 __all__ = [
     "IDENTIFIER_RE",
@@ -21,101 +28,6 @@ __all__ = [
     "StoreLayout",
     "StoredMessage",
 ]
-
-#: A plain SQL identifier: what table and column names must look like.
-IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """One message to store: every column of the ``silo`` table except the id."""
-
-    src_addr: str
-    dst_addr: str
-    username: str
-    domain: str
-    body: bytes
-    ctype: str
-    inc_time: int
-    exp_time: int
-    snd_time: int = 0
-
-    @property
-    def is_reminder(self) -> bool:
-        """True when the row is a reminder waiting for its send time."""
-        return self.snd_time > 0
-
-
-#: The message fields (columns) in :class:`NewMessage` order.
-MESSAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(NewMessage))
-#: The delivery-state fields a stored row adds, besides its id.
-LEASE_FIELDS: tuple[str, ...] = ("lease_token", "lease_until", "attempts")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage(NewMessage):
-    """A stored row: the message plus its id and delivery state."""
-
-    mid: int = 0
-    lease_token: str | None = None
-    lease_until: int | None = None
-    attempts: int = 0
-
-    @classmethod
-    def from_new(
-        cls,
-        msg: NewMessage,
-        mid: int,
-        lease_token: str | None = None,
-        lease_until: int | None = None,
-        attempts: int = 0,
-    ) -> StoredMessage:
-        """Build a stored record from ``msg`` and the delivery fields."""
-        values = {name: getattr(msg, name) for name in MESSAGE_FIELDS}
-        return cls(
-            **values,
-            mid=mid,
-            lease_token=lease_token,
-            lease_until=lease_until,
-            attempts=attempts,
-        )
-
-
-class ReleaseResult(enum.Enum):
-    """What :meth:`Driver.release` did."""
-
-    RELEASED = "released"  # lease cleared, attempt counted; eligible again
-    DROPPED = "dropped"  # max_attempts reached: the row was deleted
-    NOT_FOUND = "not_found"  # no such row, or leased to another token
-
-
-@dataclass(frozen=True, slots=True)
-class StoreLayout:
-    """Where a driver keeps messages: table (collection, key prefix) and column (field) names."""
-
-    table: str = "silo"
-    mid: str = "mid"
-    src_addr: str = "src_addr"
-    dst_addr: str = "dst_addr"
-    username: str = "username"
-    domain: str = "domain"
-    body: str = "body"
-    ctype: str = "ctype"
-    exp_time: str = "exp_time"
-    inc_time: str = "inc_time"
-    snd_time: str = "snd_time"
-    lease_token: str = "lease_token"
-    lease_until: str = "lease_until"
-    attempts: str = "attempts"
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, str) or not IDENTIFIER_RE.fullmatch(value):
-                raise ValueError(f"{f.name}: {value!r} is not a plain identifier")
-        names = [getattr(self, f.name) for f in fields(self) if f.name != "table"]
-        if len({n.lower() for n in names}) != len(names):
-            raise ValueError("column names must be distinct")
 
 
 @runtime_checkable
