@@ -8,24 +8,44 @@ this facade only changes how the calls are awaited.
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import TracebackType
 
-from .core import StoreResult
-from .errors import MsiloError
+from .core import Policy, StoreResult
+from .drivers.base import Driver
 from .message import OutgoingMessage, SipRequest
 from .records import StoredMessage
 from .settings import MsiloSettings
 from .silo import Clock, ReplyOutcome, Silo, Stats
 
-__all__ = ["AsyncSilo"]
-
-log = logging.getLogger("libmsilo")
+__all__ = ["AsyncSilo", "AsyncTimerTask"]
 
 AsyncSender = Callable[[OutgoingMessage], Awaitable[None]]
+
+
+class AsyncTimerTask:
+    """The timer loop of :meth:`AsyncSilo.start`: an asyncio task and its stop switch."""
+
+    def __init__(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        self.task = task
+        self._stop = stop
+
+    def done(self) -> bool:
+        """Whether the loop has ended."""
+        return self.task.done()
+
+    async def stop(self, timeout: float | None = 10.0) -> None:
+        """Ask the loop to end and wait for it (cancelling it after ``timeout`` seconds)."""
+        self._stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        except TimeoutError:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
 
 class AsyncSilo:
@@ -58,6 +78,16 @@ class AsyncSilo:
         """A snapshot of the counters (no I/O)."""
         return self.silo.stats
 
+    @property
+    def driver(self) -> Driver:
+        """The driver of the wrapped ``Silo``."""
+        return self.silo.driver
+
+    @property
+    def policy(self) -> Policy:
+        """The policy of the wrapped ``Silo``."""
+        return self.silo.policy
+
     async def store(
         self,
         request: SipRequest,
@@ -65,10 +95,18 @@ class AsyncSilo:
         *,
         notify: bool = True,
         send_at: datetime | int | float | str | None = None,
+        expire_time: int | None = None,
+        max_messages: int | None = None,
     ) -> StoreResult:
         """:meth:`Silo.store`."""
         return await asyncio.to_thread(
-            self.silo.store, request, owner, notify=notify, send_at=send_at
+            self.silo.store,
+            request,
+            owner,
+            notify=notify,
+            send_at=send_at,
+            expire_time=expire_time,
+            max_messages=max_messages,
         )
 
     async def dump(
@@ -90,24 +128,33 @@ class AsyncSilo:
         """:meth:`Silo.on_reply`."""
         return await asyncio.to_thread(self.silo.on_reply, mid, status_code, token=token)
 
+    async def send_failed(self, msg: OutgoingMessage) -> ReplyOutcome:
+        """:meth:`Silo.send_failed`."""
+        return await asyncio.to_thread(self.silo.send_failed, msg)
+
     async def tick(self, now: float | None = None) -> list[OutgoingMessage]:
         """:meth:`Silo.tick`."""
         return await asyncio.to_thread(self.silo.tick, now)
 
-    async def run_forever(self, send: AsyncSender, *, poll: float = 1.0) -> None:
-        """Tick until cancelled, awaiting ``send`` for each due reminder; a ``send`` that raises
-        counts as a failed delivery, a storage error is logged and the loop goes on."""
-        while True:
-            try:
-                for msg in await self.tick():
-                    try:
-                        await send(msg)
-                    except Exception:
-                        log.exception("sending message %s failed", msg.mid)
-                        await asyncio.to_thread(self.silo.send_failed, msg)
-            except MsiloError:
-                log.exception("timer tick failed")
-            await asyncio.sleep(poll)
+    async def run_forever(
+        self, send: AsyncSender, stop: asyncio.Event | None = None, *, poll: float = 1.0
+    ) -> None:
+        """:meth:`Silo.run_forever` on the event loop: runs until ``stop`` is set (or the task
+        is cancelled), awaiting ``send`` for each due reminder; the same steps and pauses."""
+        stop = stop if stop is not None else asyncio.Event()
+        while not stop.is_set():
+            for msg in await asyncio.to_thread(self.silo._timer_step):
+                try:
+                    await send(msg)
+                except Exception as exc:
+                    await asyncio.to_thread(self.silo._report_send_failure, msg, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.silo._timer_pause(poll))
+
+    def start(self, send: AsyncSender, *, poll: float = 1.0) -> AsyncTimerTask:
+        """Run the timers in a task of the running loop; stop it with ``await .stop()``."""
+        stop = asyncio.Event()
+        return AsyncTimerTask(asyncio.create_task(self.run_forever(send, stop, poll=poll)), stop)
 
     async def count(self, aor: str) -> int:
         """:meth:`Silo.count`."""

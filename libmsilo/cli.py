@@ -316,7 +316,7 @@ def stats(
     console = _console()
     if aor is None:
         with _silo(settings) as silo:
-            silo.get(0)  # a read, so an unreachable store or a missing table is reported
+            silo.driver.get(0)  # a read, so an unreachable store or a missing table is reported
         console.print(
             f"store {cli_bench.redact(settings.db_url)}, table {settings.db_table!r}: reachable.\n"
             "The store keeps no global counters: delivery statistics are counted per process "

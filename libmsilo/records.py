@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 __all__ = [
     "IDENTIFIER_RE",
     "LEASE_FIELDS",
+    "MAX_INT64",
+    "MAX_TOKEN",
     "MESSAGE_FIELDS",
     "DriverOptions",
     "NewMessage",
@@ -17,6 +19,11 @@ __all__ = [
     "StoreLayout",
     "StoredMessage",
 ]
+
+#: The largest id and time (epoch seconds) a store holds: every backend keeps signed 64-bit ints.
+MAX_INT64 = 2**63 - 1
+#: The longest lease token a store holds (``Silo`` issues 32 hex digits).
+MAX_TOKEN = 64
 
 #: A plain SQL identifier: what table and column names must look like.
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")

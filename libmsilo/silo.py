@@ -1,8 +1,11 @@
-"""The ``Silo`` facade: the sans-I/O core wired to a driver, a clock and statistics."""
+"""The ``Silo`` facade: the sans-I/O core wired to a driver, a clock and statistics.
+
+Every decision is the core's (:mod:`libmsilo.core`); this class only carries out its actions on
+the driver and keeps the counters.
+"""
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
@@ -13,21 +16,27 @@ from datetime import datetime
 from types import TracebackType
 
 from .core import (
-    ReplyClass,
+    Action,
+    DeliveryTracker,
+    Op,
+    ReplyOutcome,
     StoreResult,
     StoreStatus,
     TimerSchedule,
     build_notice,
     build_row,
     choose_owner,
-    classify_reply,
     dump_message,
     dump_owner,
     dump_target,
+    known_mid,
     plan_dump,
     reminder_message,
     reminder_time,
+    sendable,
+    settle,
     split_owner_uri,
+    store_limits,
 )
 from .drivers import open_driver
 from .drivers.base import Driver
@@ -42,6 +51,7 @@ log = logging.getLogger("libmsilo")
 
 Clock = Callable[[], float]
 Sender = Callable[[OutgoingMessage], None]
+Build = Callable[[StoredMessage], OutgoingMessage]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,23 +66,6 @@ class Stats:
     dropped_messages: int = 0  # rows deleted after max_attempts failed attempts
 
 
-class ReplyOutcome(enum.Enum):
-    """What :meth:`Silo.on_reply` did."""
-
-    PENDING = "pending"  # 1xx: nothing yet
-    DELIVERED = "delivered"  # 2xx: the row was deleted
-    RETRY = "retry"  # failure: lease released, eligible again
-    DROPPED = "dropped"  # failure at max_attempts: the row was deleted
-    IGNORED = "ignored"  # unknown or already finished message
-
-
-@dataclass(frozen=True, slots=True)
-class _Flight:
-    token: str
-    kind: MessageKind
-    lease_until: int
-
-
 class Silo:
     """msilo for one store: ``store``, ``dump``, ``on_reply``, ``tick`` and the inbox API."""
 
@@ -85,7 +78,7 @@ class Silo:
         self._clock = clock
         self._lock = threading.Lock()
         self._counts = dict.fromkeys((f.name for f in fields(Stats)), 0)
-        self._inflight: dict[int, _Flight] = {}
+        self._deliveries = DeliveryTracker(self.policy.lease_seconds)
         self._schedule = TimerSchedule()
 
     @classmethod
@@ -128,9 +121,10 @@ class Silo:
         with self._lock:
             return Stats(**self._counts)
 
-    def _count(self, name: str) -> None:
+    def _count(self, *names: str) -> None:
         with self._lock:
-            self._counts[name] += 1
+            for name in names:
+                self._counts[name] += 1
 
     def _now(self) -> int:
         return int(self._clock())
@@ -144,28 +138,38 @@ class Silo:
         *,
         notify: bool = True,
         send_at: datetime | int | float | str | None = None,
+        expire_time: int | None = None,
+        max_messages: int | None = None,
     ) -> StoreResult:
-        """Store ``request`` for its owner (``m_store``); ``send_at`` makes it a reminder."""
+        """Store ``request`` for its owner (``m_store``); ``send_at`` makes it a reminder.
+
+        ``expire_time`` (seconds) and ``max_messages`` (the owner's quota, <= 0 for none)
+        replace the settings for this call, e.g. per domain. Once the row is stored this
+        returns: a notice that cannot be built is logged and named in ``notice_error``.
+        """
         now = self._now()
+        limits = store_limits(self.policy, expire_time, max_messages)
         row = build_row(
             request,
             self.policy,
             now,
             choose_owner(request, owner),
             reminder_time(request, self.policy, send_at),
+            lifetime=limits.lifetime,
         )
-        mid = self.driver.insert(row, self.policy.max_messages)
+        mid = self.driver.insert(row, limits.quota)
         if mid is None:
             log.info("quota reached for %s@%s; not stored", row.username, row.domain)
             return StoreResult(StoreStatus.QUOTA_EXCEEDED)
         self._count("stored_messages")
-        notice = None
-        if notify:
-            try:
-                notice = build_notice(request, self.policy, now)
-            except MsiloError as exc:  # the row is stored; a notice problem must not undo that
-                log.warning("offline notice for message %d not built: %s", mid, exc)
-        return StoreResult(StoreStatus.STORED, mid, notice)
+        if not notify:
+            return StoreResult(StoreStatus.STORED, mid)
+        try:
+            notice = build_notice(request, self.policy, now)
+            return StoreResult(StoreStatus.STORED, mid, sendable(notice) if notice else None)
+        except Exception as exc:  # the row is stored: nothing may undo that (issue 9.9)
+            log.warning("offline notice for message %d not built: %r", mid, exc)
+            return StoreResult(StoreStatus.STORED, mid, notice_error=f"{type(exc).__name__}: {exc}")
 
     # ---- m_dump
 
@@ -186,33 +190,34 @@ class Silo:
         target = dump_target(plan, self.policy, contact)
         now = self._now()
         token = uuid.uuid4().hex
-        rows = self.driver.claim(
-            username, domain, now, now + self.policy.lease_seconds, token, max(0, max_messages)
+        lease_until = now + self.policy.lease_seconds
+        rows = self.driver.claim(username, domain, now, lease_until, token, max(0, max_messages))
+        return self._outgoing(
+            rows,
+            MessageKind.DUMP,
+            token,
+            lease_until,
+            lambda row: dump_message(row, self.policy, target, token),
         )
-        return self._outgoing(rows, MessageKind.DUMP, token, now, target)
 
     def _outgoing(
         self,
         rows: list[StoredMessage],
         kind: MessageKind,
         token: str,
-        now: int,
-        target: str | None = None,
+        lease_until: int,
+        build: Build,
     ) -> list[OutgoingMessage]:
         out: list[OutgoingMessage] = []
         for row in rows:
             try:
-                if kind is MessageKind.REMINDER:
-                    msg = reminder_message(row, self.policy, token)
-                else:
-                    msg = dump_message(row, self.policy, target, token)
+                msg = sendable(build(row))
             except InvalidRequest as exc:
                 # Skip it and go on: one bad row must not block the others [§9.4].
                 log.warning("stored message %d cannot be sent: %s", row.mid, exc)
-                self._finish_failed(row.mid, token, kind)
+                self._carry_out(self._deliveries.unsendable(row.mid, token, kind))
                 continue
-            with self._lock:
-                self._inflight[row.mid] = _Flight(token, kind, now + self.policy.lease_seconds)
+            self._deliveries.sent(row.mid, token, kind, lease_until)
             out.append(msg)
         return out
 
@@ -221,96 +226,97 @@ class Silo:
     def on_reply(self, mid: int, status_code: int, *, token: str | None = None) -> ReplyOutcome:
         """Hand back the final (or provisional) reply to a dumped or reminded MESSAGE.
 
-        Pass ``token=msg.lease_token`` when the reply may reach another ``Silo`` than the one
-        that sent the message: without it a failure there cannot tell its lease from a newer
-        delivery's, so it is left to run out (the message is retried then, never doubled).
+        Pass ``token=msg.lease_token``: the reply then answers exactly that delivery. Without
+        it, a failure is taken as the answer of this ``Silo``'s newest delivery of ``mid``
+        unless an older one is still unanswered (then it changes nothing and the lease runs
+        out), and a failure that reaches another ``Silo`` is ignored. A ``mid`` or ``token``
+        of the wrong type, or a code outside 100-699, raises ``InvalidRequest``; an unknown id
+        is ``IGNORED``.
         """
-        verdict = classify_reply(status_code)
-        if verdict is ReplyClass.PROVISIONAL:
-            return ReplyOutcome.PENDING
-        with self._lock:
-            flight = self._inflight.pop(mid, None)
-        if flight is not None:
-            kind, token = flight.kind, token or flight.token
-        else:
-            row = self.driver.get(mid)
-            if row is None or row.lease_token is None:
-                return ReplyOutcome.IGNORED
-            kind = MessageKind.REMINDER if row.snd_time > 0 else MessageKind.DUMP
-            if verdict is ReplyClass.FAILED and token is None:
-                return ReplyOutcome.IGNORED
-        if verdict is ReplyClass.DELIVERED:
-            if not self.driver.delete(mid):
-                return ReplyOutcome.IGNORED
-            reminder = kind is MessageKind.REMINDER
-            self._count("dumped_reminders" if reminder else "dumped_messages")
-            return ReplyOutcome.DELIVERED
-        return self._finish_failed(mid, token, kind)
+        return self._carry_out(self._deliveries.reply(mid, status_code, token))
 
-    def _finish_failed(self, mid: int, token: str | None, kind: MessageKind) -> ReplyOutcome:
-        reminder = kind is MessageKind.REMINDER
-        result = self.driver.release(
-            mid, token, to_offline=reminder, max_attempts=self.policy.max_attempts
-        )
-        if result is ReleaseResult.NOT_FOUND:
-            return ReplyOutcome.IGNORED
-        self._count("failed_reminders" if reminder else "failed_messages")
-        if result is ReleaseResult.DROPPED:
-            self._count("dropped_messages")
-            return ReplyOutcome.DROPPED
-        return ReplyOutcome.RETRY
+    def send_failed(self, msg: OutgoingMessage) -> ReplyOutcome:
+        """Report that the host could not send ``msg``: a failed attempt, retried later."""
+        return self._carry_out(self._deliveries.send_failed(msg.mid, msg.lease_token))
+
+    def _carry_out(self, action: Action) -> ReplyOutcome:
+        if action.op is Op.LOOKUP:
+            action = self._deliveries.on_row(action, self.driver.get(action.mid))
+        result: bool | ReleaseResult | None = None
+        if action.op is Op.DELETE:
+            result = self.driver.delete(action.mid)
+        elif action.op is Op.RELEASE:
+            result = self.driver.release(
+                action.mid,
+                action.token,
+                to_offline=action.reminder,
+                max_attempts=self.policy.max_attempts,
+            )
+        settled = settle(action, result)
+        self._count(*settled.counters)
+        return settled.outcome
 
     # ---- timers
 
     def tick(self, now: float | None = None) -> list[OutgoingMessage]:
         """Run what is due: the expiry purge and the reminder sweep; return due reminders."""
         at = self._clock() if now is None else now
-        purge, remind = self._schedule.due(at, self.policy)
         second = int(at)
+        purge, remind = self._schedule.due(at, self.policy)
+        self._deliveries.tick(second)
         if purge:
             purged = self.driver.delete_expired(second)
             if purged:
                 log.info("purged %d expired messages", purged)
-            with self._lock:
-                stale = [m for m, f in self._inflight.items() if f.lease_until <= second]
-                for mid in stale:
-                    del self._inflight[mid]
         if not remind:
             return []
         token = uuid.uuid4().hex
-        rows = self.driver.claim_due_reminders(second, second + self.policy.lease_seconds, token)
-        return self._outgoing(rows, MessageKind.REMINDER, token, second)
+        lease_until = second + self.policy.lease_seconds
+        rows = self.driver.claim_due_reminders(second, lease_until, token)
+        return self._outgoing(
+            rows,
+            MessageKind.REMINDER,
+            token,
+            lease_until,
+            lambda row: reminder_message(row, self.policy, token),
+        )
+
+    def _timer_step(self) -> list[OutgoingMessage]:
+        """One step of a timer loop: :meth:`tick`, a storage error logged (the loop goes on,
+        so a database restart does not stop the timers)."""
+        try:
+            return self.tick()
+        except MsiloError:
+            log.exception("timer tick failed")
+            return []
+
+    def _timer_pause(self, poll: float) -> float:
+        """How long a timer loop sleeps after a step: until the next timer, at most ``poll``."""
+        return self._schedule.pause(self._clock(), self.policy, poll)
+
+    def _report_send_failure(self, msg: OutgoingMessage, exc: Exception) -> None:
+        log.error("sending message %s failed", msg.mid, exc_info=exc)
+        try:
+            self.send_failed(msg)
+        except MsiloError:
+            log.exception("reporting the failed send of message %s failed", msg.mid)
 
     def run_forever(
         self, send: Sender, stop: threading.Event | None = None, *, poll: float = 1.0
     ) -> None:
-        """Call :meth:`tick` until ``stop`` is set, handing due reminders to ``send``.
+        """Run the timers until ``stop`` is set, handing due reminders to ``send``.
 
         A ``send`` that raises counts as a failed delivery; a storage error is logged and the
-        loop goes on, so a database restart does not stop the timers.
+        loop goes on. The loop sleeps until the next timer is due, at most ``poll`` seconds.
         """
         stop = stop if stop is not None else threading.Event()
         while not stop.is_set():
-            try:
-                for msg in self.tick():
-                    self._send(send, msg)
-            except MsiloError:
-                log.exception("timer tick failed")
-            wait = self._schedule.seconds_to_next(self._clock(), self.policy)
-            stop.wait(min(max(wait, 0.05), poll))
-
-    def _send(self, send: Sender, msg: OutgoingMessage) -> None:
-        try:
-            send(msg)
-        except Exception:
-            log.exception("sending message %s failed", msg.mid)
-            self.send_failed(msg)
-
-    def send_failed(self, msg: OutgoingMessage) -> ReplyOutcome:
-        """Report that the host could not send ``msg``: a failed attempt, retried later."""
-        if msg.mid is None:
-            return ReplyOutcome.IGNORED  # notices are fire-and-forget
-        return self.on_reply(msg.mid, 500, token=msg.lease_token)
+            for msg in self._timer_step():
+                try:
+                    send(msg)
+                except Exception as exc:
+                    self._report_send_failure(msg, exc)
+            stop.wait(self._timer_pause(poll))
 
     def start(self, send: Sender, *, poll: float = 1.0) -> TimerThread:
         """Run the timers in a daemon thread; stop it with ``.stop()``."""
@@ -329,12 +335,12 @@ class Silo:
         return self.driver.list(*split_owner_uri(aor), self._now(), limit)
 
     def get(self, mid: int) -> StoredMessage | None:
-        """One stored message by id."""
-        return self.driver.get(mid)
+        """One stored message by id (None for an unknown id; ``InvalidRequest`` if no int)."""
+        return self.driver.get(mid) if known_mid(mid) else None
 
     def delete(self, mid: int) -> bool:
-        """Delete one stored message."""
-        return self.driver.delete(mid)
+        """Delete one stored message (False for an unknown id; ``InvalidRequest`` if no int)."""
+        return self.driver.delete(mid) if known_mid(mid) else False
 
     def purge(self, aor: str) -> int:
         """Delete every message of ``aor``."""

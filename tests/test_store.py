@@ -128,6 +128,22 @@ def test_expire_time_setting() -> None:
     assert silo.get(silo.store(message()).mid).exp_time == T0 + 100
 
 
+def test_expire_time_per_call_replaces_the_setting() -> None:
+    silo = make_silo(Clock(T0), expire_time=100)
+    assert silo.get(silo.store(message(), expire_time=7).mid).exp_time == T0 + 7
+    # the request's Expires still only shortens it
+    short = silo.store(message(extra=[("Expires", "3")]), expire_time=50)
+    assert silo.get(short.mid).exp_time == T0 + 3
+
+
+@pytest.mark.parametrize("bad", [0, -5, True, "60", 1.5, 2**63])
+def test_bad_expire_time_per_call(bad: object) -> None:
+    silo = make_silo()
+    with pytest.raises(InvalidRequest):
+        silo.store(message(), expire_time=bad)  # type: ignore[arg-type]
+    assert silo.count("sip:alice@example.com") == 0
+
+
 # ---- reminders
 
 
@@ -191,6 +207,24 @@ def test_quota() -> None:
     assert silo.stats.stored_messages == 2
     clock.advance(100)  # both expired: the quota counts unexpired messages only
     assert silo.store(message()).stored
+
+
+def test_quota_per_call_replaces_the_setting() -> None:
+    silo = make_silo(max_messages=1)
+    assert silo.store(message(), max_messages=3).stored
+    assert silo.store(message(), max_messages=3).stored
+    assert not silo.store(message()).stored  # the setting: 1
+    assert silo.store(message(), max_messages=3).stored
+    assert not silo.store(message(), max_messages=3).stored
+    assert silo.store(message(), max_messages=0).stored  # <= 0: no limit for this call
+    assert silo.store(message(), max_messages=-1).stored
+    assert silo.count("sip:alice@example.com") == 5
+
+
+@pytest.mark.parametrize("bad", [True, "3", 2.0])
+def test_bad_quota_per_call(bad: object) -> None:
+    with pytest.raises(InvalidRequest):
+        make_silo().store(message(), max_messages=bad)  # type: ignore[arg-type]
 
 
 # ---- limits
@@ -309,3 +343,71 @@ def test_tel_owner_keeps_its_phone_context() -> None:
     silo = make_silo()
     row = silo.get(silo.store(message(), owner="tel:7042;phone-context=Example.COM").mid)
     assert (row.username, row.domain) == ("7042", "example.com")
+
+
+# ---- values no backend can store (issue 9.10), refused before any driver call
+
+
+@pytest.mark.parametrize("send_at", [2**63 - 1, 2**63 - 100])
+def test_send_time_whose_expiry_passes_int64_is_refused(send_at: int) -> None:
+    silo = make_silo(Clock(T0))
+    with pytest.raises(InvalidSendTime):
+        silo.store(message(), send_at=send_at)
+    assert silo.count("sip:alice@example.com") == 0
+
+
+def test_latest_storable_send_time() -> None:
+    silo = make_silo(Clock(T0), expire_time=10)
+    row = silo.get(silo.store(message(), send_at=2**63 - 11).mid)
+    assert (row.snd_time, row.exp_time) == (2**63 - 11, 2**63 - 1)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"ctype": "text/plain; x=\udcff"},
+        {"frm": '"Bob" <sip:b\udcffob@example.org>;tag=1'},
+        {"to": "sip:al\udcffice@example.com"},
+    ],
+)
+def test_lone_surrogates_are_refused_before_the_driver(kw: dict[str, str]) -> None:
+    silo = make_silo(max_messages=1)
+    with pytest.raises(InvalidRequest):
+        silo.store(message(**kw))
+    # no quota slot is left behind: the next message fits
+    assert silo.store(message()).stored
+    assert silo.count("sip:alice@example.com") == 1
+
+
+def test_lone_surrogate_in_an_owner_is_refused() -> None:
+    silo = make_silo()
+    with pytest.raises(InvalidRequest):
+        silo.store(message(), owner="sip:x\udcff@example.com")
+    with pytest.raises(InvalidRequest):
+        silo.dump(owner="sip:x\udcff@example.com")
+    with pytest.raises(InvalidRequest):
+        silo.count("sip:x\udcff@example.com")
+
+
+# ---- store never raises once the row is stored (issue 9.9)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"frm": '"B\udcffob" <sip:bob@example.org>;tag=1'},
+        {"avps": {"who": "\udcff"}},
+    ],
+)
+def test_notice_that_cannot_be_rendered_is_reported_not_raised(kw: dict[str, object]) -> None:
+    silo = make_silo(**{**NOTICE, "offline_message": "$fn $avp(who) is offline"})
+    res = silo.store(message(**kw))  # type: ignore[arg-type]
+    assert res.stored and res.notice is None
+    assert res.notice_error is not None and "Unicode" in res.notice_error
+    assert silo.get(res.mid) is not None and silo.stats.stored_messages == 1
+
+
+def test_notice_error_is_none_when_all_is_well() -> None:
+    res = make_silo(**NOTICE).store(message())
+    assert res.notice is not None and res.notice_error is None
+    assert make_silo(**NOTICE).store(message(), notify=False).notice_error is None

@@ -1,34 +1,60 @@
-"""The msilo logic, sans I/O: pure functions over plain values, the clock passed in.
+"""The msilo logic, sans I/O: pure functions and state machines over plain values, the clock
+passed in.
 
 Who owns a message, which row to write, whether a REGISTER may trigger a dump, what MESSAGE to
-send, what a reply means and when the timers are due are all decided here; :mod:`libmsilo.silo`
-only wires these decisions to a driver. Section numbers ``[§x]`` point into the msilo reference
-(``shared/reference/msilo-behaviour.md``).
+send, what a reply means for each delivery and when the timers are due are all decided here,
+under a frozen :class:`Policy`; :mod:`libmsilo.silo` only carries the decisions out on a driver.
+This package imports neither pydantic nor the drivers. Section numbers ``[§x]`` point into the
+msilo reference (``shared/reference/msilo-behaviour.md``).
 """
 
-from .delivery import ReplyClass, TimerSchedule, classify_reply
+from .delivery import (
+    Action,
+    DeliveryTracker,
+    Op,
+    ReplyClass,
+    ReplyOutcome,
+    Settled,
+    classify_reply,
+    settle,
+)
 from .dump import DumpPlan, dump_message, dump_target, is_text_plain, plan_dump, reminder_message
+from .limits import checked_token, known_mid, sendable
 from .notice import build_notice, notice_target
 from .owner import choose_owner, dump_owner, split_owner_uri
-from .store import StoreResult, StoreStatus, build_row, reminder_time
+from .policy import Policy
+from .store import StoreLimits, StoreResult, StoreStatus, build_row, reminder_time, store_limits
+from .timers import TimerSchedule
 
 __all__ = [
+    "Action",
+    "DeliveryTracker",
     "DumpPlan",
+    "Op",
+    "Policy",
     "ReplyClass",
+    "ReplyOutcome",
+    "Settled",
+    "StoreLimits",
     "StoreResult",
     "StoreStatus",
     "TimerSchedule",
     "build_notice",
     "build_row",
+    "checked_token",
     "choose_owner",
     "classify_reply",
     "dump_message",
     "dump_owner",
     "dump_target",
     "is_text_plain",
+    "known_mid",
     "notice_target",
     "plan_dump",
     "reminder_message",
     "reminder_time",
+    "sendable",
+    "settle",
     "split_owner_uri",
+    "store_limits",
 ]

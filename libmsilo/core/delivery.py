@@ -1,14 +1,49 @@
-"""What a reply means for a delivery, and when the timers are due [§4]."""
+"""Delivery state: the in-flight deliveries of one ``Silo`` and what each reply means [§4].
+
+:class:`DeliveryTracker` takes events (a message was sent, a reply came, a send failed, a stored
+row cannot be sent, the clock moved) and returns :class:`Action` values; the facade carries them
+out on the driver and hands the driver's answer to :func:`settle` for the outcome and the
+counters. No I/O happens here.
+
+How replies are matched to deliveries (issue 9, item 2):
+
+* A reply with a token answers exactly the delivery that token was issued for. A token of a
+  superseded delivery (its lease ran out and the message was sent again) is ignored on failure:
+  the newer lease stays. A 2xx always deletes: the message reached the user, whichever delivery
+  carried it, and must not be sent again.
+* A reply without a token is attributed to the newest delivery this ``Silo`` made, unless an
+  older delivery of the same message is still unanswered: then a failure is ambiguous, counts as
+  the oldest delivery's answer and changes nothing, so a late reply never releases a newer
+  lease (the newer lease runs out instead and the message is retried then, never doubled).
+* A reply for a delivery this ``Silo`` does not know (another server sent it, or it was
+  forgotten) is looked up in the store: a 2xx deletes a leased row; a failure needs the token.
+
+An unanswered delivery is remembered until ``late_window`` seconds after its lease ran out
+(at least RFC 3261 Timer F, so the 408 of a transaction that timed out is still recognised).
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from ..errors import InvalidRequest
-from .policy import Policy
+from ..message import MessageKind
+from ..records import ReleaseResult, StoredMessage
+from .limits import checked_token, known_mid
+from .policy import TRANSACTION_TIMEOUT
 
-__all__ = ["ReplyClass", "TimerSchedule", "classify_reply"]
+__all__ = [
+    "Action",
+    "DeliveryTracker",
+    "Op",
+    "ReplyClass",
+    "ReplyOutcome",
+    "Settled",
+    "classify_reply",
+    "settle",
+]
 
 
 class ReplyClass(enum.Enum):
@@ -19,9 +54,23 @@ class ReplyClass(enum.Enum):
     FAILED = "failed"  # >= 300 (a local timeout counts as 408): release the lease
 
 
+class ReplyOutcome(enum.Enum):
+    """What :meth:`Silo.on_reply` did."""
+
+    PENDING = "pending"  # 1xx: nothing yet
+    DELIVERED = "delivered"  # 2xx: the row was deleted
+    RETRY = "retry"  # failure: lease released, eligible again
+    DROPPED = "dropped"  # failure at max_attempts: the row was deleted
+    IGNORED = "ignored"  # unknown, superseded or already finished delivery
+
+
 def classify_reply(status_code: int) -> ReplyClass:
     """Map a SIP status code to its meaning for the stored message [§4]."""
-    if isinstance(status_code, bool) or not 100 <= status_code <= 699:
+    if (
+        isinstance(status_code, bool)
+        or not isinstance(status_code, int)
+        or not 100 <= status_code <= 699
+    ):
         raise InvalidRequest(f"{status_code!r} is not a SIP status code (100-699)")
     if status_code < 200:
         return ReplyClass.PROVISIONAL
@@ -30,28 +79,207 @@ def classify_reply(status_code: int) -> ReplyClass:
     return ReplyClass.FAILED
 
 
-@dataclass(slots=True)
-class TimerSchedule:
-    """When the purge and the reminder sweep are next due (epoch seconds, None = at once)."""
+class Op(enum.Enum):
+    """The storage step an :class:`Action` asks for."""
 
-    next_purge: float | None = None
-    next_reminders: float | None = None
+    NOTHING = "nothing"  # no storage step: the outcome is known
+    DELETE = "delete"  # delete the row (a 2xx)
+    RELEASE = "release"  # release the lease ``token`` holds, counting a failed attempt
+    LOOKUP = "lookup"  # read the row, then call DeliveryTracker.on_row
 
-    def due(self, now: float, policy: Policy) -> tuple[bool, bool]:
-        """Whether the purge and the reminder sweep run at ``now``; advances the schedule."""
-        purge = self.next_purge is None or now >= self.next_purge
-        if purge:
-            self.next_purge = now + policy.purge_interval
-        remind = policy.reminders_enabled and (
-            self.next_reminders is None or now >= self.next_reminders
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One step for the facade to carry out."""
+
+    op: Op
+    mid: int = 0
+    token: str | None = None
+    reminder: bool = False  # the delivery was a reminder (release turns it into a message)
+    outcome: ReplyOutcome = ReplyOutcome.IGNORED  # the answer of a NOTHING action
+    verdict: ReplyClass | None = None  # what a LOOKUP decides on
+
+
+PENDING = Action(Op.NOTHING, outcome=ReplyOutcome.PENDING)
+IGNORE = Action(Op.NOTHING)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The outcome of a carried-out action and the :class:`~libmsilo.Stats` counters to add."""
+
+    outcome: ReplyOutcome
+    counters: tuple[str, ...] = ()
+
+
+def settle(action: Action, result: bool | ReleaseResult | None = None) -> Settled:
+    """The outcome of ``action`` given the driver's answer (``delete``'s bool, ``release``'s
+    result; nothing for a NOTHING action)."""
+    if action.op is Op.DELETE:
+        if not result:
+            return Settled(ReplyOutcome.IGNORED)  # already gone (answered, purged)
+        return Settled(
+            ReplyOutcome.DELIVERED, ("dumped_reminders" if action.reminder else "dumped_messages",)
         )
-        if remind:
-            self.next_reminders = now + policy.send_time
-        return purge, remind
+    if action.op is Op.RELEASE:
+        failed = "failed_reminders" if action.reminder else "failed_messages"
+        if result is ReleaseResult.RELEASED:
+            return Settled(ReplyOutcome.RETRY, (failed,))
+        if result is ReleaseResult.DROPPED:
+            return Settled(ReplyOutcome.DROPPED, (failed, "dropped_messages"))
+        return Settled(ReplyOutcome.IGNORED)  # not found, or leased to another token
+    return Settled(action.outcome)
 
-    def seconds_to_next(self, now: float, policy: Policy) -> float:
-        """How long a timer thread may sleep before something is due."""
-        times = [t for t in (self.next_purge, self.next_reminders) if t is not None]
-        if policy.reminders_enabled and self.next_reminders is None:
-            return 0.0
-        return max(0.0, min(times) - now) if times else 0.0
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    token: str
+    reminder: bool
+    lease_until: int
+
+
+@dataclass(slots=True)
+class _Deliveries:
+    """The deliveries of one message: the newest, and older ones still unanswered."""
+
+    current: _Flight | None
+    older: list[_Flight] = field(default_factory=list)
+
+
+class DeliveryTracker:
+    """The in-flight deliveries of one ``Silo``: events in, :class:`Action` values out.
+
+    Thread-safe: each event is one step under a lock.
+    """
+
+    def __init__(self, lease_seconds: int) -> None:
+        self.late_window = max(lease_seconds, TRANSACTION_TIMEOUT)
+        self._lock = threading.Lock()
+        self._by_mid: dict[int, _Deliveries] = {}
+        self._next_prune: int | None = None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_mid)
+
+    def flights(self, mid: int) -> tuple[str | None, tuple[str, ...]]:
+        """The token of the newest delivery of ``mid`` and those of older unanswered ones."""
+        with self._lock:
+            entry = self._by_mid.get(mid)
+            if entry is None:
+                return None, ()
+            current = entry.current.token if entry.current is not None else None
+            return current, tuple(f.token for f in entry.older)
+
+    # ---- events
+
+    def sent(self, mid: int, token: str, kind: MessageKind, lease_until: int) -> None:
+        """A dump or reminder of ``mid`` leased to ``token`` went out to the host."""
+        flight = _Flight(token, kind is MessageKind.REMINDER, lease_until)
+        with self._lock:
+            entry = self._by_mid.get(mid)
+            if entry is None:
+                self._by_mid[mid] = _Deliveries(flight)
+                return
+            if entry.current is not None:
+                entry.older.append(entry.current)  # unanswered, superseded
+            entry.current = flight
+
+    def unsendable(self, mid: int, token: str, kind: MessageKind) -> Action:
+        """A leased row cannot be turned into a MESSAGE: a failed attempt, lease released
+        (a reminder becomes an ordinary message, which may still be sendable)."""
+        return Action(Op.RELEASE, mid, token, kind is MessageKind.REMINDER)
+
+    def reply(self, mid: int, status_code: int, token: str | None = None) -> Action:
+        """A reply (or a local failure, e.g. 408 on timeout) to a sent MESSAGE."""
+        verdict = classify_reply(status_code)
+        token = checked_token(token)
+        in_range = known_mid(mid)
+        if verdict is ReplyClass.PROVISIONAL:
+            return PENDING
+        if not in_range:
+            return IGNORE
+        with self._lock:
+            entry = self._by_mid.get(mid)
+            if entry is None:
+                return self._unknown(mid, verdict, token)
+            if token is None:
+                return self._tokenless(mid, entry, verdict)
+            return self._tokened(mid, entry, verdict, token)
+
+    def send_failed(self, mid: int | None, token: str | None) -> Action:
+        """The host could not send a MESSAGE: a failed attempt of that very delivery."""
+        if mid is None:
+            return IGNORE  # notices are fire-and-forget
+        return self.reply(mid, 500, token)
+
+    def on_row(self, lookup: Action, row: StoredMessage | None) -> Action:
+        """The second half of a LOOKUP action: decide on the stored row it read."""
+        if lookup.op is not Op.LOOKUP or row is None or row.lease_token is None:
+            return IGNORE  # gone, or never sent / already released
+        if lookup.verdict is ReplyClass.DELIVERED:
+            return Action(Op.DELETE, lookup.mid, reminder=row.is_reminder)
+        if lookup.token is None:
+            return IGNORE
+        return Action(Op.RELEASE, lookup.mid, lookup.token, row.is_reminder)
+
+    def tick(self, now: int) -> None:
+        """The clock moved: forget deliveries whose late replies can no longer come."""
+        with self._lock:
+            if self._next_prune is not None and now < self._next_prune:
+                return
+            self._next_prune = now + self.late_window
+            horizon = now - self.late_window
+            for mid in list(self._by_mid):
+                entry = self._by_mid[mid]
+                entry.older = [f for f in entry.older if f.lease_until > horizon]
+                if entry.current is not None and entry.current.lease_until <= horizon:
+                    entry.current = None
+                if entry.current is None and not entry.older:
+                    del self._by_mid[mid]
+
+    # ---- decisions (under the lock)
+
+    def _unknown(self, mid: int, verdict: ReplyClass, token: str | None) -> Action:
+        if verdict is ReplyClass.FAILED and token is None:
+            # Another server's delivery, or a forgotten one: its lease cannot be told from a
+            # newer delivery's, so it is left to run out.
+            return IGNORE
+        return Action(Op.LOOKUP, mid, token, verdict=verdict)
+
+    def _tokenless(self, mid: int, entry: _Deliveries, verdict: ReplyClass) -> Action:
+        if verdict is ReplyClass.DELIVERED:
+            newest = entry.current or entry.older[-1]
+            del self._by_mid[mid]
+            return Action(Op.DELETE, mid, reminder=newest.reminder)
+        if entry.older:
+            entry.older.pop(0)  # ambiguous: taken as the oldest delivery's late answer
+            self._drop_if_empty(mid, entry)
+            return IGNORE
+        assert entry.current is not None  # an entry always holds a delivery
+        flight, entry.current = entry.current, None
+        del self._by_mid[mid]
+        return Action(Op.RELEASE, mid, flight.token, flight.reminder)
+
+    def _tokened(self, mid: int, entry: _Deliveries, verdict: ReplyClass, token: str) -> Action:
+        current = entry.current
+        if current is not None and current.token == token:
+            entry.current = None
+            if verdict is ReplyClass.DELIVERED:
+                del self._by_mid[mid]
+                return Action(Op.DELETE, mid, reminder=current.reminder)
+            self._drop_if_empty(mid, entry)
+            return Action(Op.RELEASE, mid, token, current.reminder)
+        older = next((f for f in entry.older if f.token == token), None)
+        if older is not None:
+            entry.older.remove(older)
+            if verdict is ReplyClass.DELIVERED:
+                del self._by_mid[mid]  # delivered by the older delivery: never send it again
+                return Action(Op.DELETE, mid, reminder=older.reminder)
+            self._drop_if_empty(mid, entry)
+            return IGNORE  # a superseded delivery failed: the newer lease stays
+        return self._unknown(mid, verdict, token)
+
+    def _drop_if_empty(self, mid: int, entry: _Deliveries) -> None:
+        if entry.current is None and not entry.older:
+            del self._by_mid[mid]

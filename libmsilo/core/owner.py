@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import InvalidRequest, InvalidURI
 from ..message import SipRequest
 from ..uri import URI, aor, parse_name_addr, parse_uri
-from .limits import MAX_OWNER_PART
+from .limits import MAX_OWNER_PART, encodable
 
 __all__ = ["choose_owner", "dump_owner", "parse_uri_argument", "split_owner_uri"]
 
@@ -18,7 +18,7 @@ def _owner_of(uri: URI, what: str, *, need_host: bool) -> tuple[str, str]:
         raise InvalidRequest(f"{what} {uri} has no host part")
     if len(user) > MAX_OWNER_PART or len(host) > MAX_OWNER_PART:
         raise InvalidRequest(f"{what} {uri}: user and host must be at most {MAX_OWNER_PART} chars")
-    return user, host
+    return encodable(user, f"{what} user"), encodable(host, f"{what} host")
 
 
 def parse_uri_argument(text: str) -> URI:

@@ -6,14 +6,21 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, InvalidSendTime
 from ..message import OutgoingMessage, SipRequest
-from ..records import NewMessage
+from ..records import MAX_INT64, NewMessage
 from ..timefmt import send_time_to_epoch
 from .limits import DEFAULT_CTYPE, MAX_ADDR, MAX_CTYPE, checked
 from .policy import Policy
 
-__all__ = ["StoreResult", "StoreStatus", "build_row", "reminder_time"]
+__all__ = [
+    "StoreLimits",
+    "StoreResult",
+    "StoreStatus",
+    "build_row",
+    "reminder_time",
+    "store_limits",
+]
 
 
 class StoreStatus(enum.Enum):
@@ -25,11 +32,15 @@ class StoreStatus(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class StoreResult:
-    """What ``store`` did: the status, the new id, and the offline notice to send, if any."""
+    """What ``store`` did: the status, the new id, and the offline notice to send, if any.
+
+    ``notice_error`` says why no notice was built although one was asked for and configured
+    (the message is stored all the same)."""
 
     status: StoreStatus
     mid: int | None = None
     notice: OutgoingMessage | None = None
+    notice_error: str | None = None
 
     @property
     def stored(self) -> bool:
@@ -66,14 +77,42 @@ def reminder_time(
     return send_time_to_epoch(value, policy.zone)
 
 
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """The lifetime and the quota of one store call."""
+
+    lifetime: int  # seconds, before the request's Expires shortens it
+    quota: int  # most unexpired messages the owner may hold, 0 = no limit
+
+
+def _whole(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{what} is an int, not {type(value).__name__}")
+    return value
+
+
+def store_limits(policy: Policy, expire_time: int | None, max_messages: int | None) -> StoreLimits:
+    """The limits of one store: the settings' unless the call gives its own (per-domain
+    lifetimes and quotas); ``max_messages <= 0`` means no limit, as in the settings."""
+    lifetime = policy.expire_time if expire_time is None else _whole(expire_time, "expire_time")
+    if not 0 < lifetime <= MAX_INT64:
+        raise InvalidRequest(f"expire_time {lifetime} is outside 1 .. 2**63-1 seconds")
+    quota = policy.max_messages if max_messages is None else _whole(max_messages, "max_messages")
+    return StoreLimits(lifetime, max(quota, 0))
+
+
 def build_row(
     request: SipRequest,
     policy: Policy,
     now: int,
     owner: tuple[str, str],
     snd_time: int = 0,
+    *,
+    lifetime: int | None = None,
 ) -> NewMessage:
-    """The row ``m_store`` writes for ``request`` [§2.4]."""
+    """The row ``m_store`` writes for ``request`` [§2.4]; ``lifetime`` replaces the
+    ``expire_time`` setting. Every value is checked here, so no driver sees one it cannot
+    store."""
     if len(request.body) > policy.max_body_size:
         raise InvalidRequest(
             f"body of {len(request.body)} bytes is over max_body_size ({policy.max_body_size})"
@@ -81,12 +120,14 @@ def build_row(
     src = checked(str(request.from_addr.uri), "From URI", MAX_ADDR)
     dst = checked(str(request.to_addr.uri), "To URI", MAX_ADDR)
     ctype = checked(request.content_type or DEFAULT_CTYPE, "Content-Type", MAX_CTYPE)
-    lifetime = policy.expire_time
+    lifetime = policy.expire_time if lifetime is None else lifetime
     expires = request.expires
     if expires is not None and expires > 0:
         lifetime = min(lifetime, expires)  # the request may shorten the lifetime, never extend
     # A reminder lives from its send time, so it cannot be purged before it fires [§9.8].
     start = max(now, snd_time)
+    if start + lifetime > MAX_INT64:
+        raise InvalidSendTime(f"send time {snd_time}: the message would expire past 2**63-1")
     return NewMessage(
         src_addr=src,
         dst_addr=dst,
