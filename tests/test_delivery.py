@@ -94,6 +94,85 @@ def test_late_failure_does_not_release_a_newer_lease() -> None:
     assert other.on_reply(mid, 200) is ReplyOutcome.DELIVERED
 
 
+def test_late_reply_of_a_superseded_delivery_does_not_release_the_newer_one() -> None:
+    # issue 9.2: d1 unanswered, lease over, re-registration sends d2, then d1's 408 arrives
+    clock = Clock(T0)
+    silo = make_silo(clock)
+    mid = silo.store(message()).mid
+    [d1] = silo.dump(register())
+    clock.advance(silo.policy.lease_seconds)
+    [d2] = silo.dump(register())
+    assert d2.mid == mid and d2.lease_token != d1.lease_token
+    assert silo.on_reply(mid, 408) is ReplyOutcome.IGNORED  # d1's, without a token
+    assert silo.dump(register()) == []  # d2's lease lives: nothing is sent a third time
+    assert silo.on_reply(mid, 408, token=d1.lease_token) is ReplyOutcome.IGNORED
+    assert silo.dump(register()) == []
+    assert silo.on_reply(mid, 200) is ReplyOutcome.DELIVERED
+    assert silo.get(mid) is None and silo.stats.dumped_messages == 1
+
+
+def test_late_reply_with_token_after_purge_tick() -> None:
+    clock = Clock(T0)
+    silo = make_silo(clock)
+    mid = silo.store(message()).mid
+    [_d1] = silo.dump(register())
+    clock.advance(silo.policy.lease_seconds + 1)
+    silo.tick()  # the purge runs: d1 is still remembered as unanswered
+    [d2] = silo.dump(register())
+    assert silo.on_reply(mid, 500) is ReplyOutcome.IGNORED
+    assert silo.dump(register()) == []
+    assert silo.on_reply(mid, 503, token=d2.lease_token) is ReplyOutcome.RETRY
+    [d3] = silo.dump(register())
+    assert d3.mid == mid
+
+
+def test_2xx_of_a_superseded_delivery_deletes() -> None:
+    clock = Clock(T0)
+    silo = make_silo(clock)
+    mid = silo.store(message()).mid
+    [d1] = silo.dump(register())
+    clock.advance(silo.policy.lease_seconds)
+    [d2] = silo.dump(register())
+    assert silo.on_reply(mid, 200, token=d1.lease_token) is ReplyOutcome.DELIVERED
+    assert silo.on_reply(mid, 200, token=d2.lease_token) is ReplyOutcome.IGNORED
+    assert silo.get(mid) is None and silo.stats.dumped_messages == 1
+
+
+@pytest.mark.parametrize("mid", [None, "1", True, 1.0])
+def test_reply_with_a_mid_that_is_no_int(mid: object) -> None:
+    # issue 9.8: the same typed answer on every backend, before any driver call
+    silo = make_silo()
+    silo.store(message())
+    for code in (200, 500, 180):
+        with pytest.raises(InvalidRequest):
+            silo.on_reply(mid, code)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        silo.get(mid)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        silo.delete(mid)  # type: ignore[arg-type]
+    assert silo.count(ALICE) == 1
+
+
+@pytest.mark.parametrize("mid", [0, -1, 2**63, 2**64 + 1])
+def test_ids_no_store_can_hold(mid: int) -> None:
+    silo = make_silo()
+    silo.store(message())
+    assert silo.on_reply(mid, 200) is ReplyOutcome.IGNORED
+    assert silo.on_reply(mid, 500, token="a" * 32) is ReplyOutcome.IGNORED
+    assert silo.get(mid) is None and silo.delete(mid) is False
+    assert silo.count(ALICE) == 1
+
+
+@pytest.mark.parametrize("token", [5, "", "t" * 65, "a\nb"])
+def test_reply_with_a_bad_token(token: object) -> None:
+    silo = make_silo()
+    silo.store(message())
+    [out] = silo.dump(register())
+    with pytest.raises(InvalidRequest):
+        silo.on_reply(out.mid, 500, token=token)  # type: ignore[arg-type]
+    assert silo.on_reply(out.mid, 200, token=out.lease_token) is ReplyOutcome.DELIVERED
+
+
 def test_reply_reaching_another_server() -> None:
     clock = Clock(T0)
     a = make_silo(clock)
