@@ -1,115 +1,337 @@
-"""examples/udp_host.py end to end over real UDP on loopback: offline store, notice, delivery on
-REGISTER, 200 OK back to the silo."""
+"""examples/udp_host.py end to end: the host runs as its own process on loopback, sipp (Debian
+``sip-tester``) plays the user agents with the scenarios in tests/sipp/, and the rows are read
+back from the host's store. Every process is stopped by its PID; every wait is bounded."""
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
+import os
+import re
+import shutil
 import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
-from libmsilo import MsiloSettings, Silo
+import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "udp_host.py"
+from libmsilo import MsiloSettings, Silo, SipRequest
+from libmsilo.drivers.base import StoredMessage
 
+from .backends import in_ci
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("udp_host", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class UA:
-    """A user agent: one UDP socket on loopback."""
-
-    def __init__(self, user: str) -> None:
-        self.user = user
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-
-    @property
-    def contact(self) -> str:
-        return f"sip:{self.user}@127.0.0.1:{self.port}"
-
-    async def recv(self, timeout: float = 5.0) -> bytes:
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.sock_recv(self.sock, 65535), timeout)
-
-    def send(self, data: str, port: int) -> None:
-        self.sock.sendto(data.replace("\n", "\r\n").encode(), ("127.0.0.1", port))
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "udp_host.py"
+SCENARIOS = Path(__file__).resolve().parent / "sipp"
+ALICE = "sip:alice@127.0.0.1"
+REMINDER = "sip:reminder@127.0.0.1"
+WAIT = 20.0  # seconds: the bound of every wait (the relay timeout of the host is 2 s)
 
 
-def _header(data: bytes, name: str) -> str:
-    for line in data.decode().split("\r\n"):
-        if line.lower().startswith(name.lower() + ":"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError(f"no {name} in {data!r}")
+@pytest.fixture(scope="module")
+def sipp() -> str:
+    path = shutil.which("sipp")
+    if path is None:
+        message = "sipp is not installed (Debian package sip-tester)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
-async def _scenario(tmp_path: Path) -> None:
-    host_module = _load()
-    settings = MsiloSettings(
-        db_url=f"sqlite:///{tmp_path / 'host.db'}",
-        from_address="sip:msilo@127.0.0.1",
-        offline_message="$rU is offline",
-        content_type_hdr="Content-Type: text/plain\r\n",
-        timezone="UTC",
-    )
-    silo = Silo.from_settings(settings)
-    transport, host = await host_module.serve(silo, 0)
-    port = transport.get_extra_info("sockname")[1]
-    bob, alice = UA("bob"), UA("alice")
+def free_port() -> int:
+    """A UDP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Host:
+    """examples/udp_host.py in a subprocess; its log lines are collected as they come."""
+
+    def __init__(self, url: str, env: dict[str, str]) -> None:
+        self.url = url
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        command = [sys.executable, str(EXAMPLE), "--port", "0", "--db-url", url, "--timer-f", "2"]
+        command += ["--offline-message", "$rU is offline"]
+        self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+        threading.Thread(target=self._read, daemon=True).start()
+        self.port = int(self.wait_log(r"listening on udp 127\.0\.0\.1:(\d+)").group(1))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_log(self, pattern: str, count: int = 1) -> re.Match[str]:
+        """The ``count``-th log line matching ``pattern``; fails after WAIT seconds."""
+
+        def found() -> list[re.Match[str]]:
+            return [m for m in map(re.compile(pattern).search, self.lines) if m is not None]
+
+        with self._changed:
+            self._changed.wait_for(lambda: len(found()) >= count, WAIT)
+            matches = found()
+        assert len(matches) >= count, f"no {pattern!r} in the host log:\n" + "\n".join(self.lines)
+        return matches[count - 1]
+
+    def rows(self, aor: str = ALICE) -> list[StoredMessage]:
+        with Silo.from_settings(MsiloSettings(db_url=self.url), create_schema=False) as silo:
+            return silo.list(aor)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Sipp:
+    """One sipp run of one call; ``remote`` is the host's port (None: server mode)."""
+
+    def __init__(self, binary: str, scenario: str, trace: Path, remote: int | None, port: int,
+                 **keys: str) -> None:  # fmt: skip
+        self.trace = trace
+        command = [binary, *([f"127.0.0.1:{remote}"] if remote else []), "-sf",
+                   str(SCENARIOS / scenario), "-m", "1", "-i", "127.0.0.1", "-bind_local", "-p",
+                   str(port), "-nostdin", "-timeout", f"{WAIT:.0f}s", "-timeout_error",
+                   "-trace_msg", "-message_file", str(trace), "-trace_err", "-error_file",
+                   str(trace.with_suffix(".err"))]  # fmt: skip
+        for name, value in keys.items():
+            command += ["-key", name, value]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def wait(self) -> str:
+        """Wait for sipp, assert exit status 0, return the messages it sent and received."""
+        try:
+            _, err = self.proc.communicate(timeout=WAIT + 10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate(timeout=10)
+            raise
+        errors = self.trace.with_suffix(".err")
+        detail = errors.read_text(errors="replace") if errors.exists() else err.decode()
+        assert self.proc.returncode == 0, f"sipp exit {self.proc.returncode}: {detail}"
+        return self.trace.read_text(errors="replace")
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSILO_")}
+    env |= {"MSILO_REMINDER": REMINDER, "MSILO_SEND_TIME": "1"}  # the reminder sweep each second
+    running = Host(f"sqlite:///{tmp_path / 'host.db'}", env)
     try:
-        bob.send(
-            "MESSAGE sip:alice@127.0.0.1 SIP/2.0\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{bob.port};branch=z9hG4bK1\n"
-            "From: <sip:bob@127.0.0.1>;tag=b1\nTo: <sip:alice@127.0.0.1>\n"
-            f"Call-ID: m1@bob\nCSeq: 1 MESSAGE\nContact: <{bob.contact}>\n"
-            "Content-Type: text/plain\nContent-Length: 5\n\nhello",
-            port,
-        )
-        reply = await bob.recv()
-        assert reply.startswith(b"SIP/2.0 202 ")
-        notice = await bob.recv()
-        assert notice.startswith(f"MESSAGE {bob.contact} SIP/2.0".encode())
-        assert notice.endswith(b"\r\n\r\nalice is offline")
-        assert silo.count("sip:alice@127.0.0.1") == 1
-
-        alice.send(
-            "REGISTER sip:127.0.0.1 SIP/2.0\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{alice.port};branch=z9hG4bK2\n"
-            "From: <sip:alice@127.0.0.1>;tag=a1\nTo: <sip:alice@127.0.0.1>\n"
-            f"Call-ID: r1@alice\nCSeq: 1 REGISTER\nContact: <{alice.contact}>\n"
-            "Expires: 3600\nContent-Length: 0\n\n",
-            port,
-        )
-        assert (await alice.recv()).startswith(b"SIP/2.0 200 ")
-        delivered = await alice.recv()
-        assert delivered.startswith(f"MESSAGE {alice.contact} SIP/2.0".encode())
-        assert delivered.endswith(b"] hello")
-        assert _header(delivered, "Contact") == "<sip:bob@127.0.0.1>;msilo=yes"
-        call_id = _header(delivered, "Call-ID")
-        alice.send(
-            f"SIP/2.0 200 OK\nCall-ID: {call_id}\nCSeq: 10 MESSAGE\nContent-Length: 0\n\n", port
-        )
-        for _ in range(50):  # the host handles the datagram asynchronously
-            if silo.count("sip:alice@127.0.0.1") == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert silo.count("sip:alice@127.0.0.1") == 0
-        assert silo.stats.dumped_messages == 1
-        assert host.pending == {}
+        yield running
     finally:
-        transport.close()
-        silo.close()
-        bob.sock.close()
-        alice.sock.close()
+        running.stop()
 
 
-def test_udp_host_end_to_end(tmp_path: Path) -> None:
-    asyncio.run(asyncio.wait_for(_scenario(tmp_path), 30))
+class Agents:
+    """Runs the scenarios against the host: each run traced to a file of its own."""
+
+    def __init__(self, binary: str, tmp_path: Path, host_port: int = 0) -> None:
+        self.binary, self.dir, self.host_port, self.runs = binary, tmp_path, host_port, 0
+
+    def start(self, scenario: str, *, listen: int | None = None, **keys: str) -> Sipp:
+        """Start sipp: a client of the host, or (``listen``) a UA waiting on that port."""
+        self.runs += 1
+        trace = self.dir / f"{self.runs}-{scenario}.log"
+        remote = None if listen else self.host_port
+        return Sipp(self.binary, scenario, trace, remote, listen or free_port(), **keys)
+
+    def run(self, scenario: str, **keys: str) -> str:
+        return self.start(scenario, **keys).wait()
+
+    def register(self, contact: str, user: str = "alice", expiry: str = "3600") -> str:
+        return self.run("register.xml", aor_user=user, binding=contact, expiry=expiry)
+
+    def message(self, text: str = "hello", *, notice_to: int | None = None) -> tuple[str, str]:
+        """bob sends alice a MESSAGE; with ``notice_to`` bob's UA there answers the notice.
+        Returns both traces (the second is "" without ``notice_to``)."""
+        notice = self.start("answer_200.xml", listen=notice_to) if notice_to else None
+        contact = f"<sip:bob@127.0.0.1:{notice_to or free_port()}>"
+        trace = self.run("message.xml", aor_user="alice", from_user="bob", binding=contact,
+                         text=text)  # fmt: skip
+        return trace, "" if notice is None else notice.wait()
+
+
+@pytest.fixture
+def agents(sipp: str, host: Host, tmp_path: Path) -> Agents:
+    return Agents(sipp, tmp_path, host.port)
+
+
+def final_status(trace: str) -> str:
+    """The status line of the last response sipp received."""
+    return re.findall(r"message received \[\d+\] bytes :\n\n(SIP/2\.0 [^\n]+)", trace)[-1]
+
+
+def contact(port: int) -> str:
+    return f"<sip:alice@127.0.0.1:{port}>"
+
+
+# ---- registrar
+
+
+def test_register_answers_with_bindings_tag_and_rport(agents: Agents, host: Host) -> None:
+    port = free_port()
+    trace = agents.register(contact(port), expiry="7200")  # asserts To tag, rport, received
+    assert final_status(trace) == "SIP/2.0 200 OK"
+    assert f"Contact: <sip:alice@127.0.0.1:{port}>;expires=3600" in trace  # capped
+    assert "Expires: 3600" in trace
+    host.wait_log(r"REGISTER sip:127\.0\.0\.1 from 127\.0\.0\.1:\d+ -> 200 OK \(1 binding")
+    assert host.rows() == []
+
+
+@pytest.mark.parametrize(
+    "removal", ["*", "<sip:alice@127.0.0.1:{port}>", "<sip:alice@127.0.0.1:{port}>;expires=0"]
+)
+def test_deregistered_user_gets_the_next_message_stored(
+    agents: Agents, host: Host, removal: str
+) -> None:
+    port = free_port()
+    agents.register(contact(port))
+    agents.run("unregister.xml", aor_user="alice", binding=removal.format(port=port))
+    host.wait_log(r"REGISTER .* -> 200 OK \(0 binding", count=1)
+    trace, _ = agents.message("after de-registration")
+    assert final_status(trace) == "SIP/2.0 202 Accepted"
+    host.wait_log(r"MESSAGE sip:alice@127\.0\.0\.1 from .* -> 202 Accepted \(offline; stored")
+    assert [r.body for r in host.rows()] == [b"after de-registration\r\n"]
+
+
+# ---- offline store, notice, dump
+
+
+def test_offline_message_is_stored_and_the_sender_notified(agents: Agents, host: Host) -> None:
+    notice_port = free_port()
+    trace, notice = agents.message(notice_to=notice_port)
+    assert final_status(trace) == "SIP/2.0 202 Accepted"
+    assert f"MESSAGE sip:bob@127.0.0.1:{notice_port} SIP/2.0" in notice
+    assert "\n\nalice is offline" in notice
+    host.wait_log(r"notice to sip:bob@127\.0\.0\.1:\d+ -> 200 OK")
+    [row] = host.rows()
+    assert (row.src_addr, row.body, row.ctype) == ("sip:bob@127.0.0.1", b"hello\r\n", "text/plain")
+
+
+def test_stored_message_is_delivered_on_register_and_deleted(agents: Agents, host: Host) -> None:
+    agents.message("stored for later")
+    [row] = host.rows()
+    port = free_port()
+    ua = agents.start("answer_200.xml", listen=port)
+    agents.register(contact(port))
+    delivered = ua.wait()
+    assert f"MESSAGE sip:alice@127.0.0.1:{port} SIP/2.0" in delivered
+    assert "] stored for later" in delivered  # behind the [Offline message - date] prefix
+    host.wait_log(rf"dump {row.mid} to sip:alice@127\.0\.0\.1:{port} -> 200 OK delivered")
+    assert host.rows() == []
+
+
+def test_480_keeps_the_row_and_the_next_registration_retries(agents: Agents, host: Host) -> None:
+    agents.message("try again")
+    [row] = host.rows()
+    first, second = free_port(), free_port()
+    ua = agents.start("answer_480.xml", listen=first)
+    agents.register(contact(first))
+    ua.wait()
+    host.wait_log(rf"dump {row.mid} to .*:{first} -> 480 Temporarily Unavailable retry")
+    [kept] = host.rows()
+    assert (kept.mid, kept.attempts, kept.lease_token) == (row.mid, 1, None)
+    ua = agents.start("answer_200.xml", listen=second)
+    agents.register(contact(second))
+    assert "] try again" in ua.wait()
+    host.wait_log(rf"dump {row.mid} to .*:{second} -> 200 OK delivered")
+    assert host.rows() == []
+
+
+# ---- stateful relay
+
+
+def test_message_to_a_registered_user_is_relayed(agents: Agents, host: Host) -> None:
+    port = free_port()
+    ua = agents.start("answer_200.xml", listen=port)
+    agents.register(contact(port))
+    trace, _ = agents.message("live")
+    assert final_status(trace) == "SIP/2.0 200 OK"
+    relayed = ua.wait()
+    assert f"MESSAGE sip:alice@127.0.0.1:{port} SIP/2.0" in relayed
+    assert re.search(rf"Via: SIP/2\.0/UDP 127\.0\.0\.1:{host.port};branch=z9hG4bK", relayed)
+    assert re.search(r"Via: SIP/2\.0/UDP 127\.0\.0\.1:\d+;rport=\d+;.*received=127", relayed)
+    assert "Max-Forwards: 69" in relayed and "\n\nlive" in relayed
+    host.wait_log(r"MESSAGE sip:alice@127\.0\.0\.1 from .* -> 200 OK \(relayed to")
+    assert host.rows() == []
+
+
+def test_relay_answered_480_is_stored_with_202(agents: Agents, host: Host) -> None:
+    port = free_port()
+    ua = agents.start("answer_480.xml", listen=port)
+    agents.register(contact(port))
+    trace, notice = agents.message("refused", notice_to=free_port())
+    ua.wait()
+    assert final_status(trace) == "SIP/2.0 202 Accepted"
+    assert "\n\nalice is offline" in notice
+    host.wait_log(r"-> 202 Accepted \(relay answered 480 Temporarily Unavailable; stored")
+    assert [r.body for r in host.rows()] == [b"refused\r\n"]
+
+
+def test_relay_timeout_is_stored_with_202(agents: Agents, host: Host) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # a UA that never answers
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        agents.register(contact(port))
+        trace, _ = agents.message("nobody home")  # sipp retransmits meanwhile: one row only
+        silent.settimeout(0)
+        first = silent.recv(65535)
+    assert first.startswith(f"MESSAGE sip:alice@127.0.0.1:{port} SIP/2.0".encode())
+    assert final_status(trace) == "SIP/2.0 202 Accepted"
+    host.wait_log(r"-> 202 Accepted \(relay answered 408 Request Timeout; stored")
+    assert [r.body for r in host.rows()] == [b"nobody home\r\n"]
+
+
+# ---- bad input, timers, command line
+
+
+def test_content_length_beyond_the_body_is_answered_400(agents: Agents, host: Host) -> None:
+    trace = agents.run("bad_length.xml")
+    assert final_status(trace) == "SIP/2.0 400 Bad Request"
+    assert re.search(r"To: <sip:alice@127\.0\.0\.1>;tag=\w+", trace)
+    host.wait_log(r"MESSAGE sip:alice@127\.0\.0\.1 from .* -> 400 Bad Request \(body has 7")
+    assert host.rows() == []
+
+
+def test_due_reminder_is_sent_by_the_timers(agents: Agents, host: Host) -> None:
+    port = free_port()
+    ua = agents.start("answer_200.xml", listen=port)
+    agents.register(contact(port))
+    request = SipRequest.parse(
+        b"MESSAGE sip:alice@127.0.0.1 SIP/2.0\r\nFrom: <sip:bob@127.0.0.1>;tag=1\r\n"
+        b"To: <sip:alice@127.0.0.1>\r\nCall-ID: r1\r\nCSeq: 1 MESSAGE\r\n"
+        b"Content-Type: text/plain\r\n\r\nstand-up"
+    )
+    settings = MsiloSettings(db_url=host.url, reminder=REMINDER, send_time=1)
+    with Silo.from_settings(settings, create_schema=False) as silo:
+        mid = silo.store(request, send_at=int(time.time()) - 5).mid
+    reminder = ua.wait()  # the host's timers send it to alice's binding
+    assert f"MESSAGE sip:alice@127.0.0.1:{port} SIP/2.0" in reminder
+    assert f"From: <{REMINDER}>" in reminder and "] stand-up" in reminder
+    host.wait_log(rf"reminder {mid} to sip:alice@127\.0\.0\.1 -> 200 OK delivered")
+    assert host.rows() == []
+
+
+def test_help_lists_the_options() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    for option in ("--port", "--db-url", "--timer-f", "--max-expires"):
+        assert option in done.stdout
+
+
+def test_example_stays_small() -> None:
+    assert len(EXAMPLE.read_text().splitlines()) < 300  # issue 12: small enough to read
