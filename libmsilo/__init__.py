@@ -18,16 +18,20 @@ if TYPE_CHECKING:
     from .core import StoreResult, StoreStatus
     from .drivers import open_driver, register_driver
     from .drivers.base import Driver
+    from .drivers.schema_version import SCHEMA_VERSION
     from .errors import (
         InvalidRequest,
         InvalidSendTime,
         InvalidURI,
         MsiloError,
+        SchemaOutdated,
+        SchemaVersionError,
         SettingsError,
         StorageError,
         StorageUnavailable,
     )
     from .message import MessageKind, OutgoingMessage, SipRequest
+    from .migration import Migration, migrate
     from .records import DriverOptions, NewMessage, ReleaseResult, StoredMessage, StoreLayout
     from .settings import MsiloSettings, Profile
     from .silo import ReplyOutcome, Silo, Stats, TimerThread
@@ -42,6 +46,7 @@ _HOMES = {
     "open_driver": "drivers",
     "register_driver": "drivers",
     "Driver": "drivers.base",
+    "SCHEMA_VERSION": "drivers.schema_version",
     "NewMessage": "records",
     "ReleaseResult": "records",
     "StoredMessage": "records",
@@ -50,12 +55,16 @@ _HOMES = {
     "InvalidSendTime": "errors",
     "InvalidURI": "errors",
     "MsiloError": "errors",
+    "SchemaOutdated": "errors",
+    "SchemaVersionError": "errors",
     "SettingsError": "errors",
     "StorageError": "errors",
     "StorageUnavailable": "errors",
     "MessageKind": "message",
     "OutgoingMessage": "message",
     "SipRequest": "message",
+    "Migration": "migration",
+    "migrate": "migration",
     "MsiloSettings": "settings",
     "Profile": "settings",
     "ReplyOutcome": "silo",
@@ -81,6 +90,7 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "SCHEMA_VERSION",
     "AsyncSilo",
     "Driver",
     "DriverOptions",
@@ -88,6 +98,7 @@ __all__ = [
     "InvalidSendTime",
     "InvalidURI",
     "MessageKind",
+    "Migration",
     "MsiloError",
     "MsiloSettings",
     "NewMessage",
@@ -95,6 +106,8 @@ __all__ = [
     "Profile",
     "ReleaseResult",
     "ReplyOutcome",
+    "SchemaOutdated",
+    "SchemaVersionError",
     "SettingsError",
     "Silo",
     "SipRequest",
@@ -106,6 +119,7 @@ __all__ = [
     "StoreStatus",
     "StoredMessage",
     "TimerThread",
+    "migrate",
     "open_driver",
     "register_driver",
 ]

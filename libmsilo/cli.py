@@ -26,6 +26,7 @@ from rich.table import Table
 from . import cli_bench
 from .errors import MsiloError
 from .message import OutgoingMessage, SipRequest
+from .migration import migrate as migrate_store
 from .settings import MsiloSettings
 from .silo import Silo
 
@@ -167,14 +168,22 @@ def migrate(
     profile: ProfileOpt = None,
     timezone: ZoneOpt = None,
 ) -> None:
-    """Add libmsilo's lease columns to an OpenSIPS or Kamailio silo table, keeping its rows."""
+    """Upgrade the store to this libmsilo's schema version, step by step, keeping its rows (also
+    an OpenSIPS or Kamailio silo table, which gains the lease columns). Safe to run from several
+    processes at once."""
     settings = _settings(db_url, table, profile, timezone)
-    with _silo(settings) as silo:
-        silo.driver.migrate()
-    _console().print(
-        f"migrated: table {settings.db_table!r} (id column {settings.sc_mid!r}) "
+    done = migrate_store(settings)
+    where = (
+        f"table {settings.db_table!r} (id column {settings.sc_mid!r}) "
         f"at {cli_bench.redact(settings.db_url)}"
     )
+    if done.after is None:
+        _console().print(f"migrated: {where}")
+    elif done.changed:
+        before = "none" if done.before is None else done.before
+        _console().print(f"migrated: {where}: schema version {before} -> {done.after}")
+    else:
+        _console().print(f"migrated: {where} is at schema version {done.after} already")
 
 
 # ---- inbox -------------------------------------------------------------------------------------

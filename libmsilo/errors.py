@@ -11,6 +11,8 @@ __all__ = [
     "InvalidSendTime",
     "InvalidURI",
     "MsiloError",
+    "SchemaOutdated",
+    "SchemaVersionError",
     "SettingsError",
     "StorageError",
     "StorageUnavailable",
@@ -50,3 +52,18 @@ class StorageError(MsiloError):
 
 class StorageUnavailable(StorageError):
     """The storage backend cannot be reached (connection refused, timed out, closed)."""
+
+
+class SchemaVersionError(StorageError):
+    """The store holds another libmsilo schema version than this libmsilo uses.
+
+    ``found`` is the store's version, ``expected`` this libmsilo's."""
+
+    def __init__(self, message: str, found: int, expected: int) -> None:
+        self.found = found
+        self.expected = expected
+        super().__init__(message)
+
+
+class SchemaOutdated(SchemaVersionError):
+    """The store's schema is older than this libmsilo's: ``msilo migrate`` upgrades it."""

@@ -110,6 +110,9 @@ class StoreLayout:
     lease_token: str = "lease_token"
     lease_until: str = "lease_until"
     attempts: str = "attempts"
+    #: Kamailio's stored extra header lines and original Call-ID (empty unless stored).
+    extra_hdrs: str = "extra_hdrs"
+    callid: str = "callid"
 
     def __post_init__(self) -> None:
         for f in fields(self):

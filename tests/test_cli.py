@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from libmsilo import MsiloSettings, Silo
+from libmsilo import SCHEMA_VERSION, MsiloSettings, Silo
 from libmsilo.cli import app
 from libmsilo.drivers.base import NewMessage
 
@@ -115,6 +115,9 @@ def test_migrate_adds_lease_columns_to_an_opensips_table(url: str, tmp_path: Pat
         )
     out = ok("migrate", "--db-url", url, "--profile", "opensips")
     assert "migrated" in out and "'id'" in out
+    assert f"schema version 0 -> {SCHEMA_VERSION}" in " ".join(out.split())
+    again = ok("migrate", "--db-url", url, "--profile", "opensips")
+    assert f"at schema version {SCHEMA_VERSION} already" in " ".join(again.split())
     with sqlite3.connect(path) as conn:
         columns = {r[1] for r in conn.execute("PRAGMA table_info(silo)")}
         assert {"lease_token", "lease_until", "attempts"} <= columns
@@ -323,9 +326,11 @@ def test_demo_plays_the_scenario(tmp_path: Path) -> None:
 
 def test_demo_on_a_given_database_leaves_it_as_it_was(url: str, tmp_path: Path) -> None:
     ok("init", "--db-url", url)
+    before = tables(tmp_path / "store.db")
+    assert before == {"silo", "msilo_version"}
     out = ok("demo", "--db-url", url)
     assert len(_sip_starts(out)) == 4
-    assert tables(tmp_path / "store.db") == {"silo"}
+    assert tables(tmp_path / "store.db") == before
 
 
 def test_demo_on_memory() -> None:

@@ -16,10 +16,18 @@ import pytest
 import sqlalchemy as sa
 
 from libmsilo.drivers import DriverOptions, NewMessage, ReleaseResult, StoreLayout, open_driver
+from libmsilo.drivers.schema_version import SCHEMA_VERSION
 from libmsilo.drivers.sql import _TRIES, SqlDriver, _connect_args, open_sql, sql_url
 from libmsilo.drivers.sql_ops import SqlOps
 from libmsilo.drivers.sql_pool import is_retryable
-from libmsilo.errors import InvalidRequest, SettingsError, StorageError, StorageUnavailable
+from libmsilo.errors import (
+    InvalidRequest,
+    SchemaOutdated,
+    SchemaVersionError,
+    SettingsError,
+    StorageError,
+    StorageUnavailable,
+)
 from libmsilo.testing import make_message, unique_table
 from tests.backends import backend_url
 
@@ -126,8 +134,11 @@ def test_schema_shape(backend: Backend, driver: SqlDriver) -> None:
     cols = backend.columns(table)
     assert list(cols) == [
         "mid", "src_addr", "dst_addr", "username", "domain", "inc_time", "exp_time",
-        "snd_time", "ctype", "body", "lease_token", "lease_until", "attempts",
+        "snd_time", "ctype", "body", "lease_token", "lease_until", "attempts", "extra_hdrs",
+        "callid",
     ]  # fmt: skip
+    assert cols["extra_hdrs"]["nullable"] and not cols["callid"]["nullable"]
+    assert cols["callid"]["type"].length == 128
     for name in ("inc_time", "exp_time", "snd_time", "lease_until"):
         assert isinstance(cols[name]["type"], sa.BigInteger), name
     for name, length in [("src_addr", 255), ("username", 64), ("domain", 64), ("ctype", 255)]:
@@ -474,6 +485,53 @@ def test_migrate_own_table_changes_nothing(backend: Backend, driver: SqlDriver) 
     driver.migrate()
     assert sorted(backend.indexes(driver.layout.table)) == before
     assert driver.get(mid or 0) is not None
+
+
+def test_schema_versions_are_recorded_and_checked(backend: Backend, driver: SqlDriver) -> None:
+    table = driver.layout.table
+    assert driver.schema_version() == SCHEMA_VERSION
+    assert backend.sql("SELECT version FROM msilo_version WHERE table_name = :t", t=table) == [
+        (SCHEMA_VERSION,)
+    ]
+    set_version = "UPDATE msilo_version SET version = :v WHERE table_name = :t"
+    backend.sql(set_version, v=SCHEMA_VERSION + 1, t=table)
+    with pytest.raises(SchemaVersionError, match="upgrade libmsilo") as newer:
+        driver.create_schema()
+    assert not isinstance(newer.value, SchemaOutdated)
+    with pytest.raises(SchemaVersionError, match="upgrade libmsilo"):
+        driver.migrate()
+    backend.sql(set_version, v=1, t=table)
+    with pytest.raises(SchemaOutdated, match="msilo migrate") as older:
+        driver.create_schema()
+    assert (older.value.found, older.value.expected) == (1, SCHEMA_VERSION)
+    fresh = _open(backend, driver.layout)  # a worker that does not create: refused on first use
+    try:
+        with pytest.raises(SchemaOutdated):
+            fresh.count("alice", "example.com", NOW)
+        driver.migrate()
+        driver.create_schema()
+        assert fresh.count("alice", "example.com", NOW) == 0
+        assert fresh.schema_version() == SCHEMA_VERSION
+    finally:
+        fresh.close()
+
+
+def test_drop_schema_removes_the_version_table_with_its_last_row(backend: Backend) -> None:
+    drivers = [_open(backend, StoreLayout(table=unique_table("silo_"))) for _ in range(2)]
+    try:
+        for d in drivers:
+            d.create_schema()
+        drivers[0].drop_schema()
+        assert drivers[0].schema_version() is None and drivers[1].schema_version() is not None
+        with backend.engine.connect() as conn:
+            assert sa.inspect(conn).has_table("msilo_version")
+        drivers[1].drop_schema()
+        if backend.kind == "sqlite":  # a new database file: no other table's row is left
+            with backend.engine.connect() as conn:
+                assert not sa.inspect(conn).has_table("msilo_version")
+    finally:
+        for d in drivers:
+            d.close()
 
 
 # ---- errors and connections -------------------------------------------------------------------

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .schema_version import SCHEMA_VERSION
 
 __all__ = ["MemoryDriver", "open_memory"]
 
@@ -29,6 +30,10 @@ class MemoryDriver:
 
     def migrate(self) -> None:
         """Nothing to migrate."""
+
+    def schema_version(self) -> int:
+        """Always the current version: nothing outlives the process."""
+        return SCHEMA_VERSION
 
     def _owned(self, username: str, domain: str) -> Iterator[StoredMessage]:
         for row in self._rows.values():

@@ -66,7 +66,9 @@ TTL backstop
     back (a TTL deletion cannot; its slots come back through the re-sync). ``ttl_delay=None``
     creates no TTL index. Times beyond the datetime range get no ``exp_at``.
 
-``migrate()`` is a no-op: documents are schemaless; missing lease fields read as unleased.
+Schema version
+    ``<table>_counters`` also holds ``{_id: "schema", version: N}`` (see :mod:`.schema_version`).
+    ``migrate()`` only raises it: documents are schemaless, missing lease fields read as unleased.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ from pymongo.errors import (
 from ..errors import SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .schema_version import SCHEMA_VERSION, check_version
 
 __all__ = ["DEFAULT_TTL_DELAY", "MongoDriver", "open_mongo", "open_mongomock"]
 
@@ -121,6 +124,8 @@ _VERSION = "version"
 _EPOCH = "epoch"
 _RESERVED_AT = "reserved_at"
 _SEQUENCE_ID = "mid"
+_SCHEMA_ID = "schema"  # the counters document holding the schema version
+_INDEX_NOT_FOUND = 27  # server error code: a concurrent creator dropped the index first
 
 _RESERVE_TRIES = 8  # each failed try made progress or lost a race; give up (refuse) after these
 _RELEASE_TRIES = 4
@@ -301,13 +306,32 @@ class MongoDriver:
 
     @_storage_step
     def create_schema(self) -> None:
-        """Create the indexes (the collections appear with them) and seed the id sequence."""
+        """Create the indexes (the collections appear with them), seed the id sequence and
+        record the schema version; a store at another version is refused. Every step may run in
+        many processes at once: an index created with the same keys and options, an upsert on
+        ``_id`` (the server retries one that loses the race) and a dropped index that is already
+        gone all count as done."""
         lay, rows = self._layout, self._rows
         rows.create_index([(lay.username, ASCENDING), (lay.domain, ASCENDING), ("_id", ASCENDING)])
         rows.create_index([(lay.snd_time, ASCENDING)])
         rows.create_index([(lay.exp_time, ASCENDING)])
         self._ensure_ttl()
         self._seed_sequence()
+        # A store made before versions were recorded holds the same documents: it is current.
+        self._counters.update_one(
+            {"_id": _SCHEMA_ID}, {"$setOnInsert": {"version": SCHEMA_VERSION}}, upsert=True
+        )
+        found = self.schema_version()
+        check_version(SCHEMA_VERSION if found is None else found, self._describe())
+
+    def _describe(self) -> str:
+        return f"the MongoDB collection {self._layout.table!r}"
+
+    @_storage_step
+    def schema_version(self) -> int | None:
+        """The store's libmsilo schema version; None when none is recorded."""
+        doc = self._counters.find_one({"_id": _SCHEMA_ID})
+        return None if doc is None else int(doc["version"])
 
     def _ensure_ttl(self) -> None:
         rows, name = self._rows, f"{_EXP_AT}_1"
@@ -315,7 +339,11 @@ class MongoDriver:
         if current is not None and (
             self._ttl_delay is None or current.get("expireAfterSeconds") != self._ttl_delay
         ):
-            rows.drop_index(name)  # the server refuses to change an index's options in place
+            try:
+                rows.drop_index(name)  # the server refuses to change an index's options in place
+            except OperationFailure as exc:
+                if exc.code != _INDEX_NOT_FOUND:
+                    raise
         if self._ttl_delay is not None:
             rows.create_index([(_EXP_AT, ASCENDING)], name=name, expireAfterSeconds=self._ttl_delay)
 
@@ -333,8 +361,17 @@ class MongoDriver:
         for name in self._names:
             self._database.drop_collection(name)
 
+    @_storage_step
     def migrate(self) -> None:
-        """Nothing to migrate: documents are schemaless and missing lease fields read as unset."""
+        """Record the current schema version: documents are schemaless, and the fields a
+        version adds (leases, Kamailio's ``extra_hdrs`` and ``callid``) read as unset when
+        missing."""
+        self._counters.update_one(
+            {"_id": _SCHEMA_ID}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True
+        )
+        found = self.schema_version()
+        if found is not None and found > SCHEMA_VERSION:
+            check_version(found, self._describe())
 
     # ---- insert and quota ----------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 Key layout, for the key prefix ``P`` (the layout's table name):
 
+``{P:version}``
+    the libmsilo schema version of the store (see :mod:`.schema_version`).
 ``{P:seq}``
     the id counter (INCR); ``mid = counter * GROUPS + group``, so ids grow in insertion order,
     are unique across owners, and name the group that holds the message.
@@ -50,6 +52,7 @@ from ..errors import SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
+from .schema_version import SCHEMA_VERSION, check_version
 
 __all__ = ["BUCKETS", "GROUPS", "RedisDriver", "open_redis", "owner_group"]
 
@@ -77,6 +80,13 @@ _UNAVAILABLE = (
     rexc.ClusterDownError,
     rexc.RedisClusterException,
 )
+
+#: Sets the version key to ARGV[1] unless it holds a higher one; returns the old value (0: none).
+_RAISE_VERSION = """
+local old = tonumber(redis.call('GET', KEYS[1]) or '0')
+if old < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return old
+"""
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -157,6 +167,7 @@ class RedisDriver:
         self._closed = False
         self._prefix = layout.table.encode()
         self._seq_key = b"{%s:seq}" % self._prefix
+        self._version_key = b"{%s:version}" % self._prefix
         columns = {attr: getattr(layout, attr) for attr in RECORD_FIELDS}
         self._fields = {attr: name.encode() for attr, name in columns.items()}
         self._record_names = tuple(self._fields[a] for a in RECORD_FIELDS)
@@ -294,10 +305,24 @@ class RedisDriver:
 
     @_storage_errors
     def create_schema(self) -> None:
-        """Load the scripts (on every primary in cluster mode); Redis needs nothing else."""
+        """Load the scripts (on every primary in cluster mode) and record the schema version;
+        a store at another version is refused (:func:`.schema_version.check_version`)."""
         client = self.client
         for name in SCRIPT_NAMES:
             client.script_load(self._sources[name])
+        # A store made before versions were recorded holds the same hashes: it is current.
+        client.set(self._version_key, SCHEMA_VERSION, nx=True)
+        found = self.schema_version()
+        check_version(SCHEMA_VERSION if found is None else found, self._describe())
+
+    def _describe(self) -> str:
+        return f"the Redis store {self._prefix.decode(errors='replace')!r}"
+
+    @_storage_errors
+    def schema_version(self) -> int | None:
+        """The store's libmsilo schema version; None when none is recorded."""
+        found = self.client.get(self._version_key)
+        return None if found is None else int(found)
 
     @_storage_errors
     def drop_schema(self) -> None:
@@ -329,8 +354,13 @@ class RedisDriver:
             pipe.unlink(key)
         pipe.execute()
 
+    @_storage_errors
     def migrate(self) -> None:
-        """Nothing to migrate: Redis stores have no OpenSIPS/Kamailio ancestor."""
+        """Record the current schema version: every version so far is the same hashes (fields a
+        message lacks read as empty), and Redis stores have no OpenSIPS/Kamailio ancestor."""
+        before = int(self.client.eval(_RAISE_VERSION, 1, self._version_key, SCHEMA_VERSION))
+        if before > SCHEMA_VERSION:
+            check_version(before, self._describe())
 
     # ---- storing and claiming ---------------------------------------------------------------
 

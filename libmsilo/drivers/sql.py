@@ -35,17 +35,10 @@ from sqlalchemy.pool import NullPool, StaticPool
 from ..errors import InvalidRequest, MsiloError, SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .sql_migrate import check_schema, create_schema, drop_schema, migrate_schema, read_version
 from .sql_ops import NO_LIMIT, SqlOps
 from .sql_pool import ConnectionStack, PooledConnection, is_retryable, step_bound, storage_error
-from .sql_schema import (
-    ValueLimits,
-    build_table,
-    create_table,
-    drop_table,
-    limits_from_table,
-    migrate_table,
-    reflect_limits,
-)
+from .sql_schema import ValueLimits, build_table, limits_from_table, reflect_limits
 
 __all__ = ["SqlDriver", "open_sql", "sql_url"]
 
@@ -225,6 +218,7 @@ class SqlDriver:
                 self._ops = SqlOps(self._table, self._dialect, self._timeout, max_packet=packet)
             if self._limits is None:
                 with self._schema_conn() as sa_conn:
+                    check_schema(sa_conn, self.layout)
                     self._limits = reflect_limits(sa_conn, self.layout)
             return self._ops
 
@@ -284,22 +278,30 @@ class SqlDriver:
     # ---- schema -------------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create the table and its indexes if missing."""
+        """Create the table and its indexes if missing (safe from many processes at once);
+        an existing table must be at this libmsilo's schema version (else
+        :class:`~libmsilo.errors.SchemaOutdated`)."""
         with self._schema_conn() as conn:
-            create_table(conn, self.layout)
+            create_schema(conn, self.layout)
         self._limits = None
 
     def drop_schema(self) -> None:
-        """Drop the table (with its indexes)."""
+        """Drop the table (with its indexes) and its schema version."""
         with self._schema_conn() as conn:
-            drop_table(conn, self.layout)
+            drop_schema(conn, self.layout)
         self._limits = None
 
     def migrate(self) -> None:
-        """Add the lease columns and indexes to an OpenSIPS/Kamailio table, keeping its rows."""
+        """Take an OpenSIPS/Kamailio table or an older libmsilo one to the current schema
+        version step by step, keeping its rows (safe from many processes at once)."""
         with self._schema_conn() as conn:
-            migrate_table(conn, self.layout)
+            migrate_schema(conn, self.layout)
         self._limits = None
+
+    def schema_version(self) -> int | None:
+        """The table's libmsilo schema version; None when it does not exist."""
+        with self._schema_conn() as conn:
+            return read_version(conn, self.layout)
 
     # ---- messages -----------------------------------------------------------------------------
 

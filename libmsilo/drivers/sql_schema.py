@@ -1,14 +1,14 @@
-"""The ``silo`` table for the SQL driver: its SQLAlchemy definition, value limits and migration.
+"""The ``silo`` table for the SQL driver: its SQLAlchemy definition, value limits, and the
+columns and indexes a migration adds (:mod:`.sql_migrate` runs them).
 
 The table keeps the column names and meaning of the OpenSIPS (version 6) and Kamailio (version 8)
-``silo`` tables, with 64-bit times and three lease columns added, so libmsilo can share one table
-with a C server once ``migrate`` has run.
+``silo`` tables, with 64-bit times, three lease columns and Kamailio's ``extra_hdrs`` and
+``callid``, so libmsilo can share one table with a C server once ``migrate`` has run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,21 +22,30 @@ from .base import LEASE_FIELDS, MESSAGE_FIELDS, NewMessage, StoreLayout
 
 __all__ = [
     "LEASE_FIELDS",
+    "MIGRATED_FIELDS",
     "ROW_FIELDS",
+    "VERSION_COLUMNS",
     "ValueLimits",
+    "add_columns",
     "build_table",
     "create_table",
     "drop_table",
+    "ensure_indexes",
     "limits_from_table",
-    "migrate_table",
     "mysql_collation",
     "reflect_limits",
 ]
 
-log = logging.getLogger("libmsilo")
-
 #: Every column, in :class:`StoredMessage` positional field order (rows are built from this).
 ROW_FIELDS = (*MESSAGE_FIELDS, "mid", *LEASE_FIELDS)
+#: The columns each libmsilo schema version adds to the table (see :mod:`.schema_version`);
+#: version 0 is a C module's table, which has none of them.
+VERSION_COLUMNS: dict[int, tuple[str, ...]] = {
+    1: LEASE_FIELDS,
+    2: ("extra_hdrs", "callid"),
+}
+#: Every column a migration adds; the others make a table a ``silo`` table.
+MIGRATED_FIELDS = tuple(f for fields in VERSION_COLUMNS.values() for f in fields)
 
 _TEXT_FIELDS = ("src_addr", "dst_addr", "username", "domain", "ctype")
 _TIME_FIELDS = ("inc_time", "exp_time", "snd_time")
@@ -122,6 +131,9 @@ def build_table(
             nullable=False,
             server_default=sa.text("0"),
         ),
+        # Kamailio's columns, as its table has them (MySQL TEXT takes no literal default).
+        sa.Column(layout.extra_hdrs, sa.Text(), key="extra_hdrs", nullable=True),
+        text("callid", 128),
         sqlite_autoincrement=True,
         **mysql_kw,
     )
@@ -219,8 +231,8 @@ def reflect_limits(conn: Connection, layout: StoreLayout) -> ValueLimits | None:
         return None
     missing = [getattr(layout, f) for f in ROW_FIELDS if f not in table.c]
     if missing:
-        lease_names = {getattr(layout, f) for f in LEASE_FIELDS}
-        hint = "run `msilo migrate`" if set(missing) <= lease_names else "check the column names"
+        migrated = {getattr(layout, f) for f in MIGRATED_FIELDS}
+        hint = "run `msilo migrate`" if set(missing) <= migrated else "check the column names"
         raise StorageError(f"table {layout.table!r} has no column {', '.join(missing)} ({hint})")
     return limits_from_table(table, conn.dialect.name)
 
@@ -232,7 +244,7 @@ def create_table(conn: Connection, layout: StoreLayout) -> None:
     collation = mysql_collation(dialect) if dialect.name in ("mysql", "mariadb") else None
     table = build_table(layout, sa.MetaData(), collation)
     table.create(conn, checkfirst=True)
-    _ensure_indexes(conn, layout, table)
+    ensure_indexes(conn, layout, table)
 
 
 def drop_table(conn: Connection, layout: StoreLayout) -> None:
@@ -240,7 +252,7 @@ def drop_table(conn: Connection, layout: StoreLayout) -> None:
     build_table(layout, sa.MetaData()).drop(conn, checkfirst=True)
 
 
-def _ensure_indexes(conn: Connection, layout: StoreLayout, table: sa.Table) -> list[str]:
+def ensure_indexes(conn: Connection, layout: StoreLayout, table: sa.Table) -> list[str]:
     """Create the owner, expiry and send-time indexes that no existing index already covers
     (one starting with the same columns counts, whatever its name); the names created."""
     indexed = [
@@ -259,35 +271,18 @@ def _ensure_indexes(conn: Connection, layout: StoreLayout, table: sa.Table) -> l
     return added
 
 
-def migrate_table(conn: Connection, layout: StoreLayout) -> list[str]:
-    """Add the lease columns and the expiry / send-time indexes to an existing OpenSIPS or
-    Kamailio table; rows are left as they are. Returns what was added (empty when nothing)."""
-    inspector = sa.inspect(conn)
-    if not inspector.has_table(layout.table):
-        raise StorageError(
-            f"cannot migrate: table {layout.table!r} does not exist (create it with `msilo init`)"
-        )
-    existing = {c["name"].lower() for c in inspector.get_columns(layout.table)}
-    absent = [
-        getattr(layout, f)
-        for f in ROW_FIELDS
-        if f not in LEASE_FIELDS and getattr(layout, f).lower() not in existing
-    ]
-    if absent:
-        raise StorageError(
-            f"cannot migrate {layout.table!r}: no column {', '.join(absent)}; is it a silo table?"
-        )
+def add_columns(conn: Connection, layout: StoreLayout, fields: tuple[str, ...]) -> list[str]:
+    """Add those of ``fields``' columns the existing table lacks (``ALTER TABLE … ADD COLUMN``);
+    the names added."""
+    existing = {c["name"].lower() for c in sa.inspect(conn).get_columns(layout.table)}
     table = build_table(layout, sa.MetaData())
     preparer = conn.dialect.identifier_preparer
     added: list[str] = []
-    for field in LEASE_FIELDS:
+    for field in fields:
         column = table.c[field]
         if column.name.lower() in existing:
             continue
         spec = CreateColumn(column).compile(dialect=conn.dialect)
         conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {spec}"))
         added.append(column.name)
-    added += _ensure_indexes(conn, layout, table)
-    if added:
-        log.info("migrated table %s: added %s", layout.table, ", ".join(added))
     return added
