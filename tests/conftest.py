@@ -19,8 +19,14 @@ def pytest_configure(config: pytest.Config) -> None:
     """Run the policy kit's ``msilo_backend``/``msilo_each`` tests (examples/policies) on the
     local servers and mongomock, unless ``--msilo-backend``/``MSILO_TEST_BACKEND`` say otherwise.
     An unreachable server is left out on a developer machine and stops the run in CI."""
-    if not config.pluginmanager.has_plugin("msilo"):
+    manager = config.pluginmanager
+    if manager.is_blocked("msilo"):
         return  # -p no:msilo
+    if not manager.has_plugin("msilo"):
+        raise pytest.UsageError(
+            "libmsilo's pytest plugin (entry point pytest11 'msilo') is not installed; an "
+            "editable install made before it existed lacks it: run pip install -e '.[dev]' again"
+        )
     if config.getoption("msilo_backend") or os.environ.get("MSILO_TEST_BACKEND"):
         return
     urls = []
