@@ -1,4 +1,6 @@
-"""Several processes sharing one store through ``Silo``: exactly-once delivery and exact quota."""
+"""Several processes sharing one store through ``Silo``: exactly-once delivery, exact quota, and
+a ``Silo`` built before ``fork()`` used in the children (Kamailio's workers, gunicorn's
+``preload_app``)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import multiprocessing
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,4 +83,42 @@ def test_eight_processes_respect_the_quota_exactly(store_url: tuple[str, str]) -
     assert sum(results) == 50
     silo = Silo.from_settings(_settings(url, table), create_schema=False)
     assert silo.count(OWNERS[0]) == 50
+    silo.close()
+
+
+def _use_inherited(silo: Silo, owner: str, results: Any) -> None:
+    """In a forked child: store, dump and answer with the parent's ``Silo``, then close it."""
+    try:
+        stored = {silo.store(message(to=owner)).mid for _ in range(5)}
+        delivered = set()
+        for msg in silo.dump(owner=owner):
+            delivered.add(msg.mid)
+            silo.on_reply(msg.mid, 200, token=msg.lease_token)
+        results.put((owner, len(stored), stored == delivered, silo.count(owner)))
+    except Exception as exc:
+        results.put((owner, f"{type(exc).__name__}: {exc}"))
+    silo.close()  # closing inherited connections must not end the parent's sessions
+
+
+def test_a_silo_built_before_fork_works_in_the_children(store_url: tuple[str, str]) -> None:
+    url, table = store_url
+    silo = Silo.from_settings(_settings(url, table), create_schema=False)
+    assert silo.store(message(to=OWNERS[0])).stored  # the parent's connections are open
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    children = [
+        ctx.Process(target=_use_inherited, args=(silo, owner, results)) for owner in OWNERS[1:4]
+    ]
+    for child in children:
+        child.start()
+    got = sorted(results.get(timeout=120) for _ in children)
+    for child in children:
+        child.join(timeout=60)
+    assert [child.exitcode for child in children] == [0, 0, 0]
+    assert got == [(owner, 5, True, 0) for owner in OWNERS[1:4]]
+    # the parent's Silo still works on its own connections
+    assert silo.count(OWNERS[0]) == 1
+    [msg] = silo.dump(owner=OWNERS[0])
+    silo.on_reply(msg.mid or 0, 200, token=msg.lease_token)
+    assert silo.count(OWNERS[0]) == 0
     silo.close()
