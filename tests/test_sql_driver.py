@@ -439,6 +439,20 @@ def test_migrate_c_module_table(backend: Backend, c_module_table: tuple[str, str
         assert [r.mid for r in d.claim("alice", "example.com", NOW, NOW + 30, "t2")] == [old_id]
         assert d.delete(old_id) and d.delete(new_id)
         assert d.count("alice", "example.com", NOW) == 0
+        # the C module keeps writing its own columns beside libmsilo, and libmsilo reads them
+        assert {"extra_hdrs", "callid"} <= set(backend.columns(table))
+        assert d.schema_version() == SCHEMA_VERSION
+        backend.sql(
+            f"INSERT INTO {table} (src_addr, dst_addr, username, domain, inc_time, exp_time,"
+            " snd_time, ctype, body) VALUES ('sip:c@example.org', 'sip:alice@example.com',"
+            " 'alice', 'example.com', :inc, :exp, 0, 'text/plain', :body)",
+            inc=NOW,
+            exp=NOW + HOUR,
+            body=b"C module after migrate",
+        )
+        [c_row] = d.claim("alice", "example.com", NOW, NOW + 30, "t3")
+        assert c_row.body == b"C module after migrate" and c_row.attempts == 0
+        assert d.delete(c_row.mid)
         if flavour == "kamailio":
             # extra NOT NULL columns took their defaults; ctype is only VARCHAR(32) here
             d.insert(make_message(user="carol"))

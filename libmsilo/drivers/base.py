@@ -35,13 +35,17 @@ class Driver(Protocol):
     """What every storage backend implements; each method is one atomic step."""
 
     def create_schema(self) -> None:
-        """Create the table (collection, scripts) and its indexes if missing."""
+        """Create the table (collection, scripts) and its indexes if missing, safely when many
+        processes do it at once; a store of an older schema version raises
+        :class:`~libmsilo.errors.SchemaOutdated` (see :mod:`.schema_version`)."""
 
     def drop_schema(self) -> None:
         """Remove the table and everything else ``create_schema`` made (tests, ``msilo init``)."""
 
     def migrate(self) -> None:
-        """Add the lease columns to an existing OpenSIPS/Kamailio table, keeping its rows."""
+        """Take an existing store (an OpenSIPS/Kamailio table included) to the current schema
+        version, one version at a time, keeping its rows; idempotent, safe to run at once from
+        several processes."""
 
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
         """Store ``msg`` and return its id; ``None`` when the owner already holds

@@ -106,7 +106,10 @@ def _schema_lock(conn: Connection, wait: float) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.exec_driver_sql("SELECT RELEASE_LOCK(%(name)s)", {"name": name})
+            try:
+                conn.exec_driver_sql("SELECT RELEASE_LOCK(%(name)s)", {"name": name})
+            except sa.exc.DBAPIError:  # the session is gone, and its lock with it
+                log.debug("could not release the schema lock", exc_info=True)
         return
     if kind == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits for other writers up to the busy timeout
