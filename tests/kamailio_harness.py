@@ -262,6 +262,20 @@ class Sipp:
             )
         return trace
 
+    def message(
+        self, user: str, domain: str, text: str, contact: str, sender: str = "alice"
+    ) -> str:
+        """Send one MESSAGE; return the status code of its final reply."""
+        trace = self.run(
+            "message.xml", user=user, domain=domain, from_user=sender, contact=contact, text=text
+        )
+        replies = [line for line in trace.splitlines() if line.startswith("SIP/2.0 ")]
+        return replies[-1].split()[1]
+
+    def register(self, user: str, domain: str, contact: str, expires: int = 300) -> None:
+        """REGISTER ``contact`` for ``user``; fails unless answered 200."""
+        self.run("register.xml", user=user, domain=domain, contact=contact, expires=str(expires))
+
     def _trace(self, scenario: str) -> str:
         path = self.workdir / f"sipp-{self.runs}-{scenario}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -293,13 +307,18 @@ class Receiver:
         return f"sip:{user}@127.0.0.1:{self.port}"
 
     def received(self) -> list[str]:
-        """The MESSAGE requests received so far, as text."""
+        """The MESSAGE requests received so far, as text; retransmissions (same Call-ID and
+        CSeq) counted once."""
         if not self.trace.exists():
             return []
         chunks = self.trace.read_text(errors="replace").split("-" * 47)
-        return [
-            c.split("\n\n", 1)[1] for c in chunks if "message received" in c and "\n\nMESSAGE " in c
-        ]
+        seen: dict[tuple[str, str], str] = {}
+        for chunk in chunks:
+            if "message received" not in chunk or "\n\nMESSAGE " not in chunk:
+                continue
+            message = chunk.split("\n\n", 1)[1]
+            seen.setdefault((_header(message, "call-id"), _header(message, "cseq")), message)
+        return list(seen.values())
 
     def wait(self, count: int, timeout: float = STEP_TIMEOUT) -> list[str]:
         """Wait until ``count`` MESSAGEs have arrived; return them."""
@@ -309,6 +328,14 @@ class Receiver:
             return messages if len(messages) >= count else None
 
         return wait_for(enough, timeout)
+
+
+def _header(message: str, name: str) -> str:
+    for line in message.split("\n\n", 1)[0].splitlines()[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return ""
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float = STEP_TIMEOUT) -> T:

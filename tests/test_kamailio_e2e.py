@@ -74,23 +74,11 @@ class Stack:
     def rows(self, user: str) -> list[StoredMessage]:
         return self.silo.list(f"sip:{user}@127.0.0.1")
 
-    def message(self, user: str, text: str, contact: str, sender: str = "alice") -> str:
-        """Send one MESSAGE through Kamailio; return the status code of its final reply."""
-        trace = self.sipp.run(
-            "message.xml",
-            user=user,
-            domain=self.domain,
-            from_user=sender,
-            contact=contact,
-            text=text,
-        )
-        replies = [line for line in trace.splitlines() if line.startswith("SIP/2.0 ")]
-        return replies[-1].split()[1]
+    def message(self, user: str, text: str, contact: str) -> str:
+        return self.sipp.message(user, self.domain, text, contact)
 
-    def register(self, user: str, contact: str, expires: int = 300) -> None:
-        self.sipp.run(
-            "register.xml", user=user, domain=self.domain, contact=contact, expires=str(expires)
-        )
+    def register(self, user: str, contact: str) -> None:
+        self.sipp.register(user, self.domain, contact)
 
     def close(self) -> None:
         self.kamailio.stop()

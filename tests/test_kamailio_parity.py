@@ -1,0 +1,216 @@
+"""Parity: the same sipp scenarios against Kamailio's own msilo module and against libmsilo (the
+``kamailio`` profile) in the same Kamailio, each on a fresh SQLite database made from Kamailio's
+own schema files (migrated for libmsilo's lease columns). The stored rows and the MESSAGEs that
+reach the user agents must be the same, apart from the differences docs/kamailio.md lists."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libmsilo import MsiloSettings, Silo
+from tests.kamailio_harness import (
+    EXAMPLE,
+    Kamailio,
+    Net,
+    Sipp,
+    embedded_pythonpath,
+    network,
+    require_tools,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(150)
+
+HERE = Path(__file__).resolve().parent
+KAMAILIO_SQL = Path("/usr/share/kamailio/db_sqlite")
+ROW_COLUMNS = (
+    "src_addr", "dst_addr", "username", "domain", "ctype", "body", "snd_time", "extra_hdrs",
+    "callid",
+)  # fmt: skip
+NOTICE = "$rU is offline; stored for later"
+# Kamailio's msilo keeps these header lines of a stored MESSAGE (extra_hdrs) and puts them back on
+# the dumped one; libmsilo does not carry them yet, so they are compared on their own (below).
+EXTRA = ("p-asserted-identity", "p-preferred-identity", "privacy")
+# Headers of a received MESSAGE that differ per transaction (every other one is compared).
+PER_TRANSACTION = ("via", "call-id", "cseq", "content-length", "max-forwards", "record-route")
+_DATE_IN_BODY = re.compile(
+    r"^\[(Offline|Reminder) message - [A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d \d{4}\]"
+)
+_ADDRESS = re.compile(r"127\.0\.0\.1:(\d+)")
+
+
+def _schema(path: Path) -> None:
+    """A database as Kamailio's tools create it: the version table and silo (version 8)."""
+    with sqlite3.connect(path) as db:
+        db.executescript((KAMAILIO_SQL / "standard-create.sql").read_text())
+        db.executescript((KAMAILIO_SQL / "msilo-create.sql").read_text())
+
+
+def _ports(text: str, proxy: str) -> str:
+    """Loopback addresses as roles: the proxy's port and any user agent's port."""
+    return _ADDRESS.sub(lambda m: "PROXY" if m.group(0) == proxy else "127.0.0.1:UA", text)
+
+
+def _normalized(message: str, proxy: str) -> dict[str, Any]:
+    """What of a received MESSAGE must match: Request-URI, the compared headers (tags and the
+    Date value left out), and the body with the date of its prefix masked; ports as roles."""
+    head, _, body = _ports(message, proxy).partition("\n\n")
+    lines = head.splitlines()
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        key = name.strip().lower()
+        if key not in PER_TRANSACTION and key not in EXTRA:
+            value = re.sub(r";tag=[^;>]*", "", value.strip())
+            headers[key] = "<present>" if key == "date" else value
+    masked = _DATE_IN_BODY.sub(r"[\1 message - DATE]", body.strip())
+    extra = [line for line in lines[1:] if line.partition(":")[0].strip().lower() in EXTRA]
+    return {"ruri": lines[0].split()[1], "headers": headers, "body": masked, "extra": extra}
+
+
+@dataclass
+class Observed:
+    """What one implementation did with the scenarios."""
+
+    codes: list[str] = field(default_factory=list)
+    notice: dict[str, Any] = field(default_factory=dict)
+    row: dict[str, Any] = field(default_factory=dict)
+    delivered: dict[str, Any] = field(default_factory=dict)
+    rows_left: dict[str, int] = field(default_factory=dict)
+    retried: dict[str, Any] = field(default_factory=dict)
+
+
+def _rows(db: Path, user: str, proxy: str = "") -> list[dict[str, Any]]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = lambda cursor, row: {
+            d[0]: value for d, value in zip(cursor.description, row, strict=True)
+        }
+        found = conn.execute(
+            f"SELECT {', '.join(ROW_COLUMNS)}, exp_time - inc_time AS lifetime "
+            "FROM silo WHERE username = ?",
+            (user,),
+        ).fetchall()
+    return [{k: _ports(v, proxy) if isinstance(v, str) else v for k, v in r.items()} for r in found]
+
+
+def _run(net: Net, workdir: Path, implementation: str) -> Observed:
+    db = workdir / "silo.db"
+    _schema(db)
+    port = net.port()
+    env = dict(os.environ)
+    if implementation == "msilo":
+        cfg = HERE / "kamailio" / "msilo_native.cfg"
+        defines = {"DB_URL": f'"sqlite:///{db}"'}  # db_sqlite: sqlite:// + absolute path
+    else:
+        url = f"sqlite:///{db}"
+        settings = MsiloSettings(db_url=url, profile="kamailio")
+        with Silo.from_settings(settings, create_schema=False) as silo:
+            silo.driver.migrate()
+        cfg = EXAMPLE / "kamailio.cfg"
+        defines = {"KEMI_SCRIPT": f'"{EXAMPLE / "msilo_kemi.py"}"'}
+        env.update(
+            PYTHONPATH=embedded_pythonpath(),
+            MSILO_DB_URL=url,
+            MSILO_PROFILE="kamailio",
+            MSILO_FROM_ADDRESS="sip:msilo@127.0.0.1",
+            MSILO_OFFLINE_MESSAGE=NOTICE,
+            MSILO_CONTENT_TYPE_HDR="Content-Type: text/plain\r\n",
+            MSILO_CHECK_TIME="1",
+            MSILO_CLEAN_PERIOD="1",
+        )
+    kamailio = Kamailio(net, workdir, cfg, env, defines=defines, port=port)
+    kamailio.start()
+    try:
+        return _scenarios(Sipp(net, workdir, kamailio.address), kamailio.address, db)
+    finally:
+        kamailio.stop()
+        errors = kamailio.errors()
+        assert not errors, errors
+
+
+def _gone(db: Path, user: str) -> bool | None:
+    return True if not _rows(db, user) else None
+
+
+def _scenarios(sipp: Sipp, domain: str, db: Path) -> Observed:
+    seen = Observed()
+    with sipp.server("uas_200.xml", calls=1) as alice:
+        seen.codes.append(sipp.message("bob", domain, "hello bob", alice.contact("alice")))
+        (notice,) = alice.wait(1)
+    seen.notice = _normalized(notice, domain)
+    (seen.row,) = _rows(db, "bob", domain)
+    with sipp.server("uas_200.xml", calls=1) as bob:
+        sipp.register("bob", domain, bob.contact("bob"))
+        (delivered,) = bob.wait(1)
+    seen.delivered = _normalized(delivered, domain)
+    wait_for(lambda: _gone(db, "bob"))
+    seen.rows_left["bob"] = 0
+
+    with sipp.server("uas_200.xml", calls=1) as sink:
+        seen.codes.append(sipp.message("carol", domain, "for carol", sink.contact("x")))
+    with sipp.server("uas_480.xml", calls=1) as carol:
+        sipp.register("carol", domain, carol.contact("carol"))
+        carol.wait(1)
+        time.sleep(2.5)  # two clean ticks (check_time 1 s): the failed row must stay
+    seen.rows_left["carol"] = len(_rows(db, "carol"))
+    with sipp.server("uas_200.xml", calls=1) as carol:
+        sipp.register("carol", domain, carol.contact("carol"))
+        (retried,) = carol.wait(1)
+    seen.retried = _normalized(retried, domain)
+    wait_for(lambda: _gone(db, "carol"))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Observed]:
+    require_tools("app_python3", "msilo", "db_sqlite", "tm", "uac", "rtimer", "registrar")
+    if not (KAMAILIO_SQL / "msilo-create.sql").exists():
+        pytest.fail(f"{KAMAILIO_SQL} has no msilo-create.sql (kamailio-sqlite-modules)")
+    results = {}
+    for implementation in ("msilo", "libmsilo"):
+        workdir = tmp_path_factory.mktemp(implementation)
+        with network() as net:
+            results[implementation] = _run(net, workdir, implementation)
+    return results
+
+
+def test_both_answer_202_and_keep_a_failed_delivery(observed: dict[str, Observed]) -> None:
+    for seen in observed.values():
+        assert seen.codes == ["202", "202"]
+        assert seen.rows_left == {"bob": 0, "carol": 1}
+
+
+def _without(values: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in keys}
+
+
+def test_stored_rows_match(observed: dict[str, Observed]) -> None:
+    c_row, py_row = observed["msilo"].row, observed["libmsilo"].row
+    assert _without(py_row, "extra_hdrs") == _without(c_row, "extra_hdrs")
+
+
+def test_notices_match(observed: dict[str, Observed]) -> None:
+    assert observed["libmsilo"].notice == observed["msilo"].notice
+
+
+def test_delivered_messages_match(observed: dict[str, Observed]) -> None:
+    for attr in ("delivered", "retried"):
+        c_msg = getattr(observed["msilo"], attr)
+        py_msg = getattr(observed["libmsilo"], attr)
+        assert _without(py_msg, "extra") == _without(c_msg, "extra")
+
+
+@pytest.mark.xfail(strict=True, reason="extra_hdrs are not stored nor sent yet (issue 11)")
+def test_extra_headers_are_kept_and_sent_back(observed: dict[str, Observed]) -> None:
+    c_seen, py_seen = observed["msilo"], observed["libmsilo"]
+    assert c_seen.delivered["extra"], "msilo sent no P-Asserted-Identity: the scenario changed"
+    assert py_seen.row["extra_hdrs"] == c_seen.row["extra_hdrs"]
+    assert py_seen.delivered["extra"] == c_seen.delivered["extra"]
