@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
+import sys
 import tempfile
 import time
 import uuid
@@ -17,18 +19,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import cli_bench
-from .errors import MsiloError
+from .core import split_owner_uri
+from .errors import InvalidURI, MsiloError, StorageError
 from .message import OutgoingMessage, SipRequest
 from .migration import migrate as migrate_store
 from .settings import MsiloSettings
 from .silo import Silo
+from .uri import NameAddr, parse_name_addr
 
 __all__ = ["app", "main"]
 
@@ -104,13 +108,42 @@ def _settings(
     return MsiloSettings(**values)
 
 
+# What SQLite, PostgreSQL and MariaDB say about a table that is not there.
+_NO_TABLE = re.compile(r"no such table|relation \S+ does not exist|table \S+ doesn't exist", re.I)
+
+
 @contextmanager
 def _silo(settings: MsiloSettings, *, create: bool = False) -> Iterator[Silo]:
+    """The store of ``settings``; unless ``create``, one that ``msilo init`` made before."""
+    if not create:
+        _require_sqlite_file(settings.db_url)
     silo = Silo.from_settings(settings, create_schema=create)
     try:
         yield silo
+    except StorageError as exc:
+        if create or _NO_TABLE.search(str(exc)) is None:
+            raise
+        raise CliError(
+            f"StorageError: {exc} - the store is not initialised; run `msilo init` first"
+        ) from exc
     finally:
         silo.close()
+
+
+def _require_sqlite_file(url: str) -> None:
+    """Refuse a SQLite file that does not exist (opening it would create an empty one)."""
+    scheme, _, rest = url.partition("://")
+    if scheme.partition("+")[0].lower() != "sqlite":
+        return
+    path = rest[1:].partition("?")[0]  # sqlite:///relative.db, sqlite:////absolute.db
+    if path in ("", ":memory:") or path.startswith("file:") or "mode=memory" in rest:
+        return
+    if not Path(path).exists():
+        raise CliError(f"no message store at {path}: run `msilo init` to create it")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _console() -> Console:
@@ -152,7 +185,7 @@ def init(
 ) -> None:
     """Create the table (collection, scripts) and its indexes."""
     settings = _settings(db_url, table, profile, timezone)
-    with _silo(settings) as silo:
+    with _silo(settings, create=True) as silo:
         if drop:
             silo.driver.drop_schema()
         silo.driver.create_schema()
@@ -200,14 +233,16 @@ def inbox(
     limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show.")] = 50,
 ) -> None:
     """List the unexpired messages stored for AOR."""
+    split_owner_uri(aor)  # a bad AOR is reported before the store is opened
     settings = _settings(db_url, table, profile, timezone)
     zone, now = settings.zone, int(time.time())
     with _silo(settings) as silo:
         total = silo.count(aor)
         rows = silo.list(aor, limit)
-    out = Table(title=f"{aor}: {total} message{'s' if total != 1 else ''}")
+    out = Table(title=f"{aor}: {_plural(total, 'message')}")
     for name in ("mid", "from", "to", "ctype", "size", "received", "expires", "send at", "lease"):
-        out.add_column(name, justify="right" if name in ("mid", "size") else "left")
+        justify: Literal["left", "right"] = "right" if name in ("mid", "size") else "left"
+        out.add_column(name, justify=justify, overflow="fold")  # wrapped in the cell, never cut
     for r in rows:
         out.add_row(
             str(r.mid),
@@ -301,10 +336,12 @@ def purge(
     """Delete every message of AOR, or (--expired) every expired message."""
     if (aor is None) == (not expired):
         raise UsageError("give either an AOR or --expired (exactly one)")
+    if aor is not None:
+        split_owner_uri(aor)
     with _silo(_settings(db_url, table, profile, timezone)) as silo:
         count = silo.purge_expired() if expired else silo.purge(aor or "")
-    what = "expired messages" if expired else f"messages of {aor}"
-    _console().print(f"deleted {count} {what}")
+    what = _plural(count, "expired message" if expired else "message")
+    _console().print(f"deleted {what}" + ("" if expired else f" of {aor}"))
 
 
 @app.command()
@@ -332,6 +369,7 @@ def stats(
             "by the host (Silo.stats). Give an AOR for its inbox counts."
         )
         return
+    split_owner_uri(aor)
     zone, now = settings.zone, int(time.time())
     with _silo(settings) as silo:
         total = silo.count(aor)
@@ -357,10 +395,21 @@ def stats(
 @app.command()
 @_errors
 def store(
-    from_uri: Annotated[str, typer.Option("--from", help="Sender URI")],
-    to_uri: Annotated[str, typer.Option("--to", help="Recipient URI (the owner)")],
-    body: Annotated[str, typer.Option("--body", help="Message text")],
-    ctype: Annotated[str, typer.Option("--ctype", help="Content-Type")] = "text/plain",
+    from_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="Sender: a URI or a name-addr such as '\"Bob\" <sip:bob@x.org>'"
+        ),
+    ] = None,
+    to_uri: Annotated[
+        str | None, typer.Option("--to", help="Recipient (the owner): a URI or a name-addr")
+    ] = None,
+    body: Annotated[str | None, typer.Option("--body", help="Message text")] = None,
+    ctype: Annotated[str | None, typer.Option("--ctype", help="Content-Type [text/plain]")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="A captured MESSAGE as sent on the wire ('-': stdin)"),
+    ] = None,
     send_at: Annotated[
         str | None, typer.Option("--send-at", help="Make it a reminder: YYYYMMDDHHMMSS")
     ] = None,
@@ -369,20 +418,19 @@ def store(
     profile: ProfileOpt = None,
     timezone: ZoneOpt = None,
 ) -> None:
-    """Store a MESSAGE from --from to --to, as m_store would."""
+    """Store a MESSAGE as m_store would: from --from, --to and --body, or a raw one (--file)."""
+    built = (from_uri, to_uri, body, ctype)
+    if file is not None:
+        if any(v is not None for v in built):
+            raise UsageError(
+                "--file takes the whole MESSAGE; leave out --from, --to, --body, --ctype"
+            )
+        request = _read_message(file)
+    elif from_uri is None or to_uri is None or body is None:
+        raise UsageError("give --from, --to and --body, or --file with a raw MESSAGE")
+    else:
+        request = _build_message(from_uri, to_uri, body, ctype or "text/plain")
     settings = _settings(db_url, table, profile, timezone)
-    request = SipRequest(
-        "MESSAGE",
-        to_uri,
-        [
-            ("From", f"<{from_uri}>;tag={uuid.uuid4().hex[:8]}"),
-            ("To", f"<{to_uri}>"),
-            ("Call-ID", f"{uuid.uuid4().hex}@msilo-cli"),
-            ("CSeq", "1 MESSAGE"),
-            ("Content-Type", ctype),
-        ],
-        body.encode("utf-8"),
-    )
     console = _console()
     with _silo(settings, create=True) as silo:
         result = silo.store(request, send_at=send_at)
@@ -393,6 +441,38 @@ def store(
     if result.notice is not None:
         console.rule("offline notice to send")
         console.print(_sip_text(result.notice), markup=False, soft_wrap=True)
+
+
+def _address(value: str, option: str) -> NameAddr:
+    try:
+        return parse_name_addr(value)
+    except InvalidURI as exc:
+        raise InvalidURI(f"{option} {value!r}: {exc}") from None
+
+
+def _build_message(from_value: str, to_value: str, body: str, ctype: str) -> SipRequest:
+    sender, recipient = _address(from_value, "--from"), _address(to_value, "--to")
+    return SipRequest(
+        "MESSAGE",
+        str(recipient.uri),
+        [
+            ("From", f"{sender};tag={uuid.uuid4().hex[:8]}" if sender.tag is None else str(sender)),
+            ("To", str(recipient)),
+            ("Call-ID", f"{uuid.uuid4().hex}@msilo-cli"),
+            ("CSeq", "1 MESSAGE"),
+            ("Content-Type", ctype),
+        ],
+        body.encode("utf-8"),
+    )
+
+
+def _read_message(file: Path) -> SipRequest:
+    """A MESSAGE from a capture file (CRLF or bare-LF lines; Content-Length bounds the body)."""
+    raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    request = SipRequest.parse(raw)
+    if request.method != "MESSAGE":
+        raise CliError(f"{file} holds a {request.method} request, not a MESSAGE")
+    return request
 
 
 @app.command()

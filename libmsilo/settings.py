@@ -185,8 +185,8 @@ class MsiloSettings(BaseSettings):
         if self.timezone is not None:
             try:
                 self._zone = parse_zone(self.timezone)
-            except SettingsError as exc:
-                raise ValueError(f"timezone: {exc}") from exc
+            except SettingsError as exc:  # its message names the setting already
+                raise ValueError(str(exc)) from exc
         try:
             self.layout()
         except ValueError as exc:
@@ -325,7 +325,8 @@ def _warn_unknown_variables(known: set[str], env_file: Any) -> None:
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        where = ".".join(str(p) for p in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}")
+        # A model-level check has no location; its message names the settings it is about.
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)

@@ -182,6 +182,68 @@ def test_store_on_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "0 messages" in ok("inbox", ALICE, "--db-url", "memory://")
 
 
+CAPTURED = (
+    "MESSAGE sip:alice@example.com SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bK776sgdkse\r\n"
+    'From: "Bob" <sip:bob@example.org>;tag=49583\r\n'
+    "To: <sip:alice@example.com>\r\n"
+    "Call-ID: asd88asd77a@192.0.2.4\r\n"
+    "CSeq: 1 MESSAGE\r\n"
+    "Content-Type: text/plain;charset=utf-8\r\n"
+    "Content-Length: 12\r\n"
+    "\r\n"
+    "Hello\r\nAlice"
+)
+
+
+@pytest.mark.parametrize("line_end", ["\r\n", "\n"])
+def test_store_a_captured_message_file(url: str, tmp_path: Path, line_end: str) -> None:
+    head, body = CAPTURED.split("\r\n\r\n")
+    capture = tmp_path / "message.sip"
+    capture.write_bytes((head.replace("\r\n", line_end) + line_end * 2 + body + "\n").encode())
+    out = ok("store", "--file", str(capture), "--db-url", url, "--timezone", "UTC")
+    mid = int(re.search(r"stored message as mid (\d+)", out).group(1))  # type: ignore[union-attr]
+    with silo_on(url) as silo:
+        row = silo.get(mid)
+    assert row is not None
+    assert (row.src_addr, row.dst_addr, row.username, row.domain) == (
+        "sip:bob@example.org", ALICE, "alice", "example.com")  # fmt: skip
+    assert (row.body, row.ctype) == (b"Hello\r\nAlice", "text/plain;charset=utf-8")
+
+
+def test_store_a_message_from_stdin(url: str) -> None:
+    result = runner.invoke(app, ["store", "--file", "-", "--db-url", url], input=CAPTURED)
+    assert result.exit_code == 0, result.output
+    with silo_on(url) as silo:
+        assert [r.body for r in silo.list(ALICE)] == [b"Hello\r\nAlice"]
+
+
+def test_store_file_errors(url: str, tmp_path: Path) -> None:
+    capture = tmp_path / "register.sip"
+    capture.write_text(CAPTURED.replace("MESSAGE sip:", "REGISTER sip:", 1))
+    assert "not a MESSAGE" in fails("store", "--file", str(capture), "--db-url", url)
+    capture.write_text(CAPTURED.replace("Content-Length: 12", "Content-Length: 50"))
+    line = fails("store", "--file", str(capture), "--db-url", url)
+    assert "InvalidRequest" in line and "Content-Length says 50" in line
+    assert "missing.sip" in fails("store", "--file", str(tmp_path / "missing.sip"))
+    mixed = ("store", "--file", str(capture), "--body", "x", "--db-url", url)
+    assert "--file takes the whole MESSAGE" in fails(*mixed, code=2)
+    assert "give --from, --to and --body" in fails("store", "--to", ALICE, code=2)
+    with silo_on(url) as silo:
+        assert silo.count(ALICE) == 0
+
+
+def test_store_takes_name_addr_values(url: str) -> None:
+    out = ok("store", "--db-url", url, "--from", '"Alice Liddell" <sip:alice@example.com>',
+             "--to", "Bob <sip:bob@example.org;transport=udp>", "--body", "hi")  # fmt: skip
+    mid = int(re.search(r"mid (\d+)", out).group(1))  # type: ignore[union-attr]
+    with silo_on(url) as silo:
+        row = silo.get(mid)
+    assert row is not None
+    assert (row.src_addr, row.username, row.domain) == (ALICE, "bob", "example.org")
+    assert row.dst_addr == "sip:bob@example.org;transport=udp"
+
+
 # ---- purge, stats
 
 
@@ -189,9 +251,11 @@ def test_purge_owner_and_expired(url: str) -> None:
     add_row(url)
     add_row(url)
     add_row(url, username="carol", dst_addr="sip:carol@example.com", exp_time=1_700_000_100)
-    assert "deleted 1 expired messages" in ok("purge", "--expired", "--db-url", url)
+    assert "deleted 1 expired message\n" in ok("purge", "--expired", "--db-url", url)
     assert f"deleted 2 messages of {ALICE}" in ok("purge", ALICE, "--db-url", url)
-    assert "deleted 0" in ok("purge", ALICE, "--db-url", url)
+    assert f"deleted 0 messages of {ALICE}" in ok("purge", ALICE, "--db-url", url)
+    add_row(url)
+    assert f"deleted 1 message of {ALICE}\n" in ok("purge", ALICE, "--db-url", url)
 
 
 @pytest.mark.parametrize("args", [(), (ALICE, "--expired")])
@@ -294,8 +358,39 @@ def test_unknown_scheme_is_one_line() -> None:
     assert "no driver" in fails("stats", "--db-url", "gopher://x/")
 
 
-def test_missing_table_is_a_storage_error(url: str) -> None:
-    assert "Storage" in fails("inbox", ALICE, "--db-url", url, "--table", "nothere")
+def test_missing_table_is_a_storage_error_that_says_to_init(url: str) -> None:
+    ok("init", "--db-url", url)
+    line = fails("inbox", ALICE, "--db-url", url, "--table", "nothere")
+    assert "StorageError" in line and "nothere" in line and "run `msilo init`" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("inbox", ALICE), ("stats",), ("stats", ALICE), ("show", "1"), ("delete", "1"),
+     ("purge", "--expired"), ("migrate",)],
+)  # fmt: skip
+def test_a_store_never_initialised_says_to_init_and_creates_no_file(
+    url: str, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    line = fails(*args, "--db-url", url)
+    assert "no message store at" in line and "run `msilo init`" in line
+    assert not (tmp_path / "store.db").exists()
+
+
+def test_a_bad_zone_is_named_once(url: str) -> None:
+    line = fails("inbox", ALICE, "--db-url", url, "--timezone", "Mars/Olympus")
+    assert line.endswith("SettingsError: timezone: unknown IANA zone name 'Mars/Olympus'")
+
+
+def test_wide_addresses_are_wrapped_not_cut(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = "sip:" + "b" * 40 + "@" + "sender-domain." * 3 + "example.org"
+    add_row(url, src_addr=sender)
+    monkeypatch.setenv("COLUMNS", "80")
+    out = ok("inbox", ALICE, "--db-url", url, "--timezone", "UTC")
+    assert "…" not in out
+    cells = [line.split("│") for line in out.splitlines() if line.startswith("│")]
+    assert "".join(cell[2].strip() for cell in cells) == sender  # the "from" column, folded
+    assert max(map(len, out.splitlines())) <= 80
 
 
 # ---- demo
