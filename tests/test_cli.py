@@ -367,7 +367,7 @@ def test_missing_table_is_a_storage_error_that_says_to_init(url: str) -> None:
 @pytest.mark.parametrize(
     "args",
     [("inbox", ALICE), ("stats",), ("stats", ALICE), ("show", "1"), ("delete", "1"),
-     ("purge", "--expired"), ("migrate",)],
+     ("purge", "--expired")],
 )  # fmt: skip
 def test_a_store_never_initialised_says_to_init_and_creates_no_file(
     url: str, tmp_path: Path, args: tuple[str, ...]
