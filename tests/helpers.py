@@ -1,10 +1,13 @@
-"""Builders shared by the behaviour tests: requests, a settable clock, a Silo on memory."""
+"""Builders shared by the behaviour tests: requests, a settable clock, a Silo on the backend
+the test runs on (the ``backend`` fixture of ``tests/conftest.py``; memory without it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from libmsilo import MsiloSettings, Silo, SipRequest
+from libmsilo.drivers import Driver
 from libmsilo.drivers.memory import MemoryDriver
 
 T0 = 1_700_000_000  # Tue Nov 14 22:13:20 2023 UTC
@@ -30,9 +33,13 @@ def settings(**values: Any) -> MsiloSettings:
     return MsiloSettings(**values)
 
 
+#: Opens a fresh driver for :func:`make_silo`; the ``backend`` fixture swaps it per test.
+new_driver: Callable[[], Driver] = MemoryDriver
+
+
 def make_silo(clock: Clock | None = None, **values: Any) -> Silo:
-    """A Silo on a fresh memory driver."""
-    return Silo(MemoryDriver(), settings(**values), clock=clock or Clock())
+    """A Silo on a fresh, empty driver of the test's backend."""
+    return Silo(new_driver(), settings(**values), clock=clock or Clock())
 
 
 def message(

@@ -9,6 +9,8 @@ import pytest
 from libmsilo import InvalidRequest, MessageKind, OutgoingMessage, ReplyOutcome, Silo
 from tests.helpers import T0, Clock, make_silo, message, register, settings
 
+pytestmark = pytest.mark.usefixtures("backend")  # every backend: tests/conftest.py
+
 ALICE = "sip:alice@example.com"
 REMINDERS = {"reminder": "sip:reminder@example.com", "send_time": 60}
 

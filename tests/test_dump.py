@@ -8,6 +8,8 @@ from libmsilo import InvalidRequest, MessageKind, SipRequest
 from libmsilo.drivers.base import NewMessage
 from tests.helpers import T0, Clock, make_silo, message, register
 
+pytestmark = pytest.mark.usefixtures("backend")  # every backend: tests/conftest.py
+
 ALICE = "sip:alice@example.com"
 
 

@@ -16,6 +16,8 @@ from libmsilo import (
 )
 from tests.helpers import T0, Clock, make_silo, message
 
+pytestmark = pytest.mark.usefixtures("backend")  # every backend: tests/conftest.py
+
 NOTICE = {
     "from_address": "sip:registrar@example.com",
     "offline_message": "$rU is offline; your message will be delivered later",
