@@ -64,7 +64,8 @@ def backend_url(kind: str) -> str:
 
 # ---- the behaviour tests on every backend (issue 10): one fixture built from a backend name
 
-#: Every backend the behaviour tests run on; ``MSILO_BEHAVIOUR_BACKENDS`` (comma-separated) narrows it.
+#: Every backend the behaviour tests run on; ``MSILO_BEHAVIOUR_BACKENDS`` (comma-separated)
+#: narrows it.
 BEHAVIOUR_BACKENDS = ("memory", "sqlite", "postgresql", "mysql", "redis", "mongomock")
 
 
