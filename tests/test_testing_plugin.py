@@ -27,6 +27,8 @@ from tests.backends import DEFAULTS, reachable
 # do not survive a second import, so the drivers are imported here, once.
 assert libmsilo.drivers.mongo and libmsilo.drivers.sql
 
+ROOT = Path(__file__).resolve().parent.parent
+
 TINY = """
 import pytest
 from libmsilo.testing import assert_stored, sip
@@ -264,3 +266,11 @@ def test_snapshots_are_compared_by_default_and_written_on_request(
     data = (pytester.path / "snapshots" / "test_snap" / "test_dump.sip").read_bytes()
     assert data.startswith(b"MESSAGE sip:alice@192.0.2.") and data.endswith(b"] hi")
     assert b"\r\nContent-Length: 47\r\n\r\n" in data
+
+
+def test_the_readme_first_policy_test_passes(pytester: pytest.Pytester) -> None:
+    section = (ROOT / "README.md").read_text().split("### Test your messaging policies", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 16
+    pytester.makepyfile(test_readme=code)
+    pytester.runpytest("--strict-markers").assert_outcomes(passed=1)
