@@ -28,6 +28,7 @@ from rich.table import Table
 from . import cli_bench
 from .core import split_owner_uri
 from .errors import InvalidURI, MsiloError, StorageError
+from .masking import mask_url
 from .message import OutgoingMessage, SipRequest
 from .migration import migrate as migrate_store
 from .settings import MsiloSettings
@@ -190,7 +191,7 @@ def init(
             silo.driver.drop_schema()
         silo.driver.create_schema()
     what = "dropped and created" if drop else "created"
-    _console().print(f"{what}: table {settings.db_table!r} at {cli_bench.redact(settings.db_url)}")
+    _console().print(f"{what}: table {settings.db_table!r} at {mask_url(settings.db_url)}")
 
 
 @app.command()
@@ -208,7 +209,7 @@ def migrate(
     done = migrate_store(settings)
     where = (
         f"table {settings.db_table!r} (id column {settings.sc_mid!r}) "
-        f"at {cli_bench.redact(settings.db_url)}"
+        f"at {mask_url(settings.db_url)}"
     )
     if done.after is None:
         _console().print(f"migrated: {where}")
@@ -364,7 +365,7 @@ def stats(
         with _silo(settings) as silo:
             silo.driver.get(0)  # a read, so an unreachable store or a missing table is reported
         console.print(
-            f"store {cli_bench.redact(settings.db_url)}, table {settings.db_table!r}: reachable.\n"
+            f"store {mask_url(settings.db_url)}, table {settings.db_table!r}: reachable.\n"
             "The store keeps no global counters: delivery statistics are counted per process "
             "by the host (Silo.stats). Give an AOR for its inbox counts."
         )
@@ -485,6 +486,9 @@ def config(
         Path | None, typer.Option("--kamailio", help="kamailio.cfg to read modparams from")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    show_secrets: Annotated[
+        bool, typer.Option("--show-secrets", help="Show db_url's password instead of ***.")
+    ] = False,
 ) -> None:
     """Show the settings a server config's modparam("msilo", ...) lines give."""
     if (opensips is None) == (kamailio is None):
@@ -495,6 +499,8 @@ def config(
         assert kamailio is not None
         settings = MsiloSettings.from_kamailio_cfg(kamailio.read_text(encoding="utf-8"))
     values = settings.model_dump(mode="json")
+    if not show_secrets:
+        values["db_url"] = mask_url(values["db_url"])
     if as_json:
         typer.echo(json.dumps(values, indent=2))
         return
@@ -580,7 +586,7 @@ def demo(
 
 
 def _play(silo: Silo, settings: MsiloSettings, console: Console, temporary: bool) -> None:
-    where = "a temporary SQLite file" if temporary else cli_bench.redact(settings.db_url)
+    where = "a temporary SQLite file" if temporary else mask_url(settings.db_url)
     console.rule(f"libmsilo demo (store: {where})")
     console.print("1. bob sends alice a MESSAGE while she is offline; m_store keeps it")
     first = silo.store(_demo_request(1, "Hi Alice, are you there?"))

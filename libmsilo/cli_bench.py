@@ -36,7 +36,7 @@ def _per_message(m: Measurement) -> str:
 def results_tables(report: BenchReport) -> list[Table]:
     """The backends, the ratio table (every measurement) and the scaling table."""
     backends = Table(title="backends (raw = the same work on the bare client)")
-    for name in ("backend", "raw client", "server", "URL"):
+    for name in ("backend", "raw client", "server"):
         backends.add_column(name)
     ratios = Table(
         title="libmsilo vs raw: ratio = median over rounds of libmsilo time / raw time; "
@@ -54,7 +54,7 @@ def results_tables(report: BenchReport) -> list[Table]:
         scaling.add_column(f"{size:,}", justify="right")
     for b in report.backends:
         label = f"{b.backend}*" if b.note else b.backend
-        backends.add_row(label, b.client, b.server, b.url)
+        backends.add_row(label, b.client, b.server)
         for m in b.measurements:
             goal = b.goal if m.op in ("store", "dump") else None
             verdict = "" if goal is None else f"{goal} " + ("ok" if m.ratio <= goal else "MISS")
@@ -149,4 +149,4 @@ def bench(
         write_png(report, plot)
         console.print(f"wrote {plot}")
     if report.failures:
-        raise BenchError("bench: " + "; ".join(f"{url}: {err}" for url, err in report.failures))
+        raise BenchError("bench: " + "; ".join(f"{name}: {err}" for name, err in report.failures))

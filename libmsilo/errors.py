@@ -6,6 +6,10 @@ exceptions are wrapped into :class:`StorageError` with the original as ``__cause
 
 from __future__ import annotations
 
+from typing import Any
+
+from .masking import mask_text
+
 __all__ = [
     "InvalidRequest",
     "InvalidSendTime",
@@ -20,7 +24,12 @@ __all__ = [
 
 
 class MsiloError(Exception):
-    """Base class of every libmsilo error."""
+    """Base class of every libmsilo error; a URL password in its message shows as ``***``."""
+
+    def __init__(self, *args: Any) -> None:
+        if args and isinstance(args[0], str):
+            args = (mask_text(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class SettingsError(MsiloError, ValueError):

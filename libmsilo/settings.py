@@ -15,6 +15,7 @@ import enum
 import logging
 import os
 import re
+from collections.abc import Iterator
 from datetime import tzinfo
 from types import MappingProxyType
 from typing import Any
@@ -24,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .core.policy import TEMPLATE_NAMES, TRANSACTION_TIMEOUT, Policy
 from .errors import SettingsError
+from .masking import mask_url
 from .modparam import read_modparams
 from .records import IDENTIFIER_RE, StoreLayout
 from .templating import Template, compile_template
@@ -72,7 +74,12 @@ class MsiloSettings(BaseSettings):
     """msilo configuration; invalid values raise :class:`SettingsError` naming the parameter."""
 
     model_config = SettingsConfigDict(
-        env_prefix=_ENV_PREFIX, env_file=".env", extra="ignore", frozen=True, validate_default=True
+        env_prefix=_ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        hide_input_in_errors=True,  # a rejected value may be a URL with its password
     )
 
     db_url: str = "sqlite:///msilo.db"
@@ -192,6 +199,11 @@ class MsiloSettings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"sc_*: {exc}") from exc
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """repr() and str() show ``db_url`` with its password as ``***``."""
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name == "db_url" and isinstance(value, str) else value
 
     # ---- derived values ----------------------------------------------------------------------
 

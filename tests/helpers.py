@@ -3,8 +3,12 @@ the test runs on (the ``backend`` fixture of ``tests/conftest.py``; memory witho
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from libmsilo import MsiloSettings, Silo, SipRequest
 from libmsilo.drivers import Driver
@@ -24,6 +28,16 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def isolate_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No MSILO_* variable or .env file of the developer leaks into a command; rich tables are
+    wide enough not to wrap values."""
+    for name in list(os.environ):
+        if name.startswith("MSILO_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")
 
 
 def settings(**values: Any) -> MsiloSettings:

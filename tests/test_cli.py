@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from libmsilo import SCHEMA_VERSION, MsiloSettings, Silo
 from libmsilo.cli import app
 from libmsilo.drivers.base import NewMessage
+from tests.helpers import isolate_cli
 
 runner = CliRunner()
 ALICE = "sip:alice@example.com"
@@ -20,14 +21,7 @@ ALICE = "sip:alice@example.com"
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # No MSILO_* variable or .env file of the developer may leak into the commands.
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("MSILO_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables wide enough not to wrap values
+    isolate_cli(tmp_path, monkeypatch)
 
 
 @pytest.fixture

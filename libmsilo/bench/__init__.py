@@ -17,7 +17,7 @@ from .runner import (
     BenchError,
     Measurement,
     Progress,
-    redact,
+    failure_label,
     run_backend,
     total_steps,
 )
@@ -43,9 +43,9 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRep
     others are still measured.
     """
     report = BenchReport(config)
-    for url in config.urls:
+    for number, url in enumerate(config.urls, 1):
         try:
             report.backends.append(run_backend(url, config, progress or (lambda _: None)))
         except MsiloError as exc:
-            report.failures.append((redact(url), f"{type(exc).__name__}: {exc}"))
+            report.failures.append((failure_label(url, number), f"{type(exc).__name__}: {exc}"))
     return report

@@ -74,7 +74,7 @@ class BenchReport:
 
     config: BenchConfig
     backends: list[BackendResult] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (URL, error)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (backend label, error)
     date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     machine: dict[str, Any] = field(default_factory=machine_info)
 
@@ -98,7 +98,6 @@ class BenchReport:
             },
             "backends": [
                 {
-                    "url": b.url,
                     "backend": b.backend,
                     "client": b.client,
                     "server": b.server,
@@ -107,7 +106,7 @@ class BenchReport:
                 }
                 for b in self.backends
             ],
-            "failures": [{"url": url, "error": error} for url, error in self.failures],
+            "failures": [{"backend": name, "error": error} for name, error in self.failures],
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> None:

@@ -13,6 +13,7 @@ import logging
 import statistics
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,12 +24,21 @@ from zoneinfo import ZoneInfo
 from ..drivers import url_scheme
 from ..drivers.base import Driver, NewMessage
 from ..errors import MsiloError
+from ..masking import mask_url
 from ..settings import MsiloSettings
 from ..silo import Silo
 from . import workload as wl
 from .raw import RawStore, open_raw
 
-__all__ = ["BenchConfig", "BenchError", "Measurement", "Progress", "run_backend", "total_steps"]
+__all__ = [
+    "BenchConfig",
+    "BenchError",
+    "Measurement",
+    "Progress",
+    "failure_label",
+    "run_backend",
+    "total_steps",
+]
 
 log = logging.getLogger("libmsilo")
 
@@ -110,7 +120,7 @@ class Measurement:
 class BackendResult:
     """Every measurement of one backend."""
 
-    url: str
+    url: str  # with its password masked; reports name the backend and server instead
     backend: str  # sqlite, postgresql, mysql, redis, mongodb, mongomock
     client: str  # the raw baseline's bare client
     server: str
@@ -126,18 +136,29 @@ def total_steps(config: BenchConfig) -> int:
 
 
 def redact(url: str) -> str:
-    """The URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if at and ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    return f"{scheme}{sep}{creds}{at}{host}"
+    """Deprecated: use :func:`libmsilo.masking.mask_url`."""
+    warnings.warn(
+        "libmsilo.bench.runner.redact is deprecated; use libmsilo.masking.mask_url",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return mask_url(url)
 
 
 def backend_kind(url: str) -> str:
     """The family name of a URL's backend."""
     scheme = url_scheme(url)
     return {"postgres": "postgresql", "mariadb": "mysql", "rediss": "redis"}.get(scheme, scheme)
+
+
+def failure_label(url: str, number: int) -> str:
+    """How a report names a backend that could not be measured: its kind and which
+    ``--db-url`` it was (never the URL, which may hold a password or a private path)."""
+    try:
+        kind = backend_kind(url)
+    except MsiloError:
+        kind = "unknown"
+    return f"{kind} (--db-url #{number})"
 
 
 @contextmanager
@@ -385,7 +406,7 @@ def run_backend(url: str, config: BenchConfig, progress: Progress) -> BackendRes
         run.open()
         assert run.raw is not None
         result = BackendResult(
-            url=redact(url),
+            url=mask_url(url),
             backend=kind,
             client=run.raw.client,
             server=run.raw.server_version(),

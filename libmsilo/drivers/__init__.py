@@ -13,6 +13,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from ..errors import SettingsError
+from ..masking import mask_url
 from ..records import DriverOptions, NewMessage, ReleaseResult, StoredMessage, StoreLayout
 from .base import Driver
 
@@ -60,7 +61,7 @@ def url_scheme(url: str) -> str:
     (``redis+cluster`` and ``mongodb+srv`` are schemes of their own)."""
     scheme, sep, _ = url.partition("://")
     if not sep or not scheme:
-        raise SettingsError(f"db_url: {url!r} is not a URL (scheme://...)")
+        raise SettingsError(f"db_url: {mask_url(url)!r} is not a URL (scheme://...)")
     scheme = scheme.lower()
     if scheme in _BUILTIN or scheme in _registered:
         return scheme

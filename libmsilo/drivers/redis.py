@@ -49,6 +49,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from ..errors import SettingsError, StorageError, StorageUnavailable
+from ..masking import mask_url
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
@@ -646,5 +647,5 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
             )
 
     else:
-        raise SettingsError(f"db_url: {url!r} is not a Redis URL")
+        raise SettingsError(f"db_url: {mask_url(url)!r} is not a Redis URL")
     return RedisDriver(connect, layout)

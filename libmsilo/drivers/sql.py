@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, StaticPool
 
 from ..errors import InvalidRequest, MsiloError, SettingsError, StorageError, StorageUnavailable
+from ..masking import mask_url
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
 from .sql_migrate import check_schema, create_schema, drop_schema, migrate_schema, read_version
@@ -54,7 +55,7 @@ def sql_url(url: str) -> sa.URL:
     ``mariadb`` and bare ``mysql`` use PyMySQL (through SQLAlchemy's ``mysql`` dialect)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise SettingsError(f"db_url: {url!r} is not a URL (scheme://...)")
+        raise SettingsError(f"db_url: {mask_url(url)!r} is not a URL (scheme://...)")
     base, _, dbapi = scheme.lower().partition("+")
     if base in ("postgres", "postgresql"):
         name = f"postgresql+{dbapi or 'psycopg'}"
