@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -73,6 +75,25 @@ def sql_url(url: str) -> sa.URL:
 
 def _memory_db(url: sa.URL) -> bool:
     return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
+def create_private_file(url: sa.URL) -> None:
+    """Create a SQLite database file that does not exist yet readable by its owner only (0600,
+    whatever the umask); SQLite gives its ``-wal``/``-shm``/``-journal`` files the same mode.
+    An existing file, a read-only or in-memory database is left alone."""
+    if url.get_backend_name() != "sqlite" or _memory_db(url) or url.query.get("mode") == "ro":
+        return
+    path = url.database or ""
+    if str(url.query.get("uri", "")).lower() in ("true", "1"):
+        path = unquote(path.removeprefix("file:").partition("?")[0])
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return  # exists (its mode stays), or cannot be made: SQLite reports that on connect
+    try:
+        os.fchmod(fd, 0o600)  # a umask such as 0277 would have left less than 0600
+    finally:
+        os.close(fd)
 
 
 def _connect_args(url: sa.URL, timeout: float, bounded: bool) -> dict[str, Any]:
@@ -167,6 +188,7 @@ class SqlDriver:
         self.layout = layout
         self._url = url
         self._timeout = options.timeout
+        create_private_file(url)
         self._engine = _engine(url, options.timeout, bounded=True)
         self._dialect = self._engine.dialect
         self._dbapi_error: type[Exception] = self._dialect.loaded_dbapi.Error
