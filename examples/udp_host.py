@@ -111,7 +111,7 @@ class SipHost(asyncio.DatagramProtocol):
         self.spawn(self.deliver(msg))
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        start, headers = _head(data)
+        start, headers, addr = *_head(data), addr[:2]  # IPv6 adds flow and scope: dropped
         via = next((v for n, v in headers if n.lower() in ("via", "v")), "")
         if start.startswith("SIP/2.0 "):  # a response: to one of our client transactions?
             code, _, reason = start[8:].partition(" ")
@@ -242,7 +242,7 @@ class SipHost(asyncio.DatagramProtocol):
     def lookup(self, uri_text: str) -> str | None:
         """The newest contact of an AOR of our domain (None: offline); other URIs as they are."""
         uri = parse_uri(uri_text)
-        if uri.port is None and uri.host == self.domain:
+        if uri.port is None and uri.host.lower() == self.domain.lower():
             contacts = self.contacts(aor(uri))
             return contacts[-1][0] if contacts else None
         return uri_text

@@ -206,6 +206,66 @@ def test_deregistered_user_gets_the_next_message_stored(
     assert [r.body for r in host.rows()] == [b"after de-registration\r\n"]
 
 
+def test_binding_expires(agents: Agents, host: Host) -> None:
+    agents.register(contact(free_port()), expiry="1")
+    time.sleep(1.5)  # the binding's lifetime has passed
+    trace, _ = agents.message("after expiry")
+    assert final_status(trace) == "SIP/2.0 202 Accepted"
+    host.wait_log(r"MESSAGE sip:alice@127\.0\.0\.1 from .* -> 202 Accepted \(offline; stored")
+    assert [r.body for r in host.rows()] == [b"after expiry\r\n"]
+
+
+def udp_exchange(port: int, request: str) -> str:
+    """Send one request (LF line ends here) from a fresh socket; the response as text."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ua:
+        ua.bind(("127.0.0.1", 0))
+        ua.settimeout(WAIT)
+        wire = request.format(ua=ua.getsockname()[1]).replace("\n", "\r\n").encode()
+        ua.sendto(wire, ("127.0.0.1", port))
+        return ua.recv(65535).decode()
+
+
+REGISTER = (
+    "REGISTER sip:127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{{ua}};branch=z9hG4bK{branch}\n"
+    "From: <sip:alice@127.0.0.1>;tag=1\nTo: <sip:alice@127.0.0.1>\nCall-ID: {branch}\n"
+    "CSeq: 1 REGISTER\nContact: {contact}\nExpires: {expires}\nContent-Length: 0\n\n"
+)
+
+
+def test_registrar_details(host: Host) -> None:
+    bound = udp_exchange(host.port, REGISTER.format(branch="r1", contact=contact(5999), expires=60))
+    assert "Contact: <sip:alice@127.0.0.1:5999>;expires=60\r\n" in bound
+    # A contact's own expires parameter wins over the Expires header.
+    gone = REGISTER.format(branch="r2", contact=contact(5999) + ";expires=0", expires=3600)
+    answer = udp_exchange(host.port, gone)
+    assert answer.startswith("SIP/2.0 200 OK") and "Contact:" not in answer
+    # "*" removes everything, and only with Expires: 0 (RFC 3261 §10.3 step 6).
+    star = udp_exchange(host.port, REGISTER.format(branch="r3", contact="*", expires=3600))
+    assert star.startswith("SIP/2.0 400 Bad Request")
+    options = REGISTER.format(branch="o1", contact="*", expires=0).replace("REGISTER", "OPTIONS")
+    answer = udp_exchange(host.port, options)
+    assert answer.startswith("SIP/2.0 405 ") and "Allow: REGISTER, MESSAGE" in answer
+    assert host.rows() == []
+
+
+def test_a_retransmission_gets_the_same_answer_and_stores_once(host: Host) -> None:
+    message = (
+        "MESSAGE sip:alice@127.0.0.1 SIP/2.0\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5998;branch=z9hG4bKm1;rport\n"  # answer to the source port
+        "From: <sip:bob@127.0.0.1:5998>;tag=1\nTo: <sip:alice@127.0.0.1>\nCall-ID: m1\n"
+        "CSeq: 1 MESSAGE\nContent-Type: text/plain\nContent-Length: 2\n\nhi"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ua:
+        ua.bind(("127.0.0.1", 0))
+        ua.settimeout(WAIT)
+        ua.sendto(message.replace("\n", "\r\n").encode(), ("127.0.0.1", host.port))
+        first = ua.recv(65535)
+        ua.sendto(message.replace("\n", "\r\n").encode(), ("127.0.0.1", host.port))
+        again = ua.recv(65535)
+    assert first.startswith(b"SIP/2.0 202 Accepted") and again == first  # same To tag too
+    assert len(host.rows()) == 1
+
+
 # ---- offline store, notice, dump
 
 
