@@ -66,6 +66,28 @@ def _key_from_path(path: str) -> ZoneInfo | None:
     return _zone_or_none(key)
 
 
+# Where the C library finds the local zone when TZ is unset (tests point these elsewhere).
+_LOCALTIME = "/etc/localtime"
+_TIMEZONE_FILE = "/etc/timezone"
+
+
+def _zone_from_file(path: str) -> ZoneInfo | None:
+    """The zone a TZif file holds, its daylight-saving rules included (None if unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            return ZoneInfo.from_file(fh, key=path)
+    except (OSError, ValueError):
+        return None
+
+
+def _zone_at_path(path: str) -> ZoneInfo | None:
+    """The zone of a TZif file: by its IANA name when it lies in a zoneinfo tree (symlinks
+    followed), else loaded from the file itself (a copied ``/etc/localtime``)."""
+    real = os.path.realpath(path)
+    zone = _key_from_path(real)
+    return zone if zone is not None else _zone_from_file(real)
+
+
 def _fixed_local_offset() -> tzinfo:
     """The local zone's current offset, for when the zone has no IANA name."""
     now = time.localtime()
@@ -75,8 +97,9 @@ def _fixed_local_offset() -> tzinfo:
 def local_zone() -> tzinfo:
     """The process's local zone: a ``ZoneInfo`` when it can be named, else its current offset.
 
-    Looks at ``TZ`` (as the C library does, it takes precedence), then the ``/etc/localtime``
-    symlink, then ``/etc/timezone``. Never raises.
+    Looks at ``TZ`` (as the C library does, it takes precedence; ``TZ=:/path`` names a TZif
+    file), then the ``/etc/localtime`` symlink, then ``/etc/timezone``, then the zone held in a
+    copied ``/etc/localtime`` file. Never raises.
     """
     try:
         tz_env = os.environ.get("TZ")
@@ -85,15 +108,15 @@ def local_zone() -> tzinfo:
             name = tz_env.removeprefix(":").strip()
             if not name:
                 return UTC
-            zone = _key_from_path(name) if name.startswith("/") else _zone_or_none(name)
+            zone = _zone_at_path(name) if name.startswith("/") else _zone_or_none(name)
             # A POSIX rule string ("CET-1CEST,M3.5.0,M10.5.0/3") has no name: use the offset.
             return zone if zone is not None else _fixed_local_offset()
-        if os.path.islink("/etc/localtime"):
-            zone = _key_from_path(os.path.realpath("/etc/localtime"))
+        if os.path.islink(_LOCALTIME):
+            zone = _key_from_path(os.path.realpath(_LOCALTIME))
             if zone is not None:
                 return zone
         try:
-            with open("/etc/timezone", encoding="utf-8") as fh:
+            with open(_TIMEZONE_FILE, encoding="utf-8") as fh:
                 name = fh.readline().strip()
         except (OSError, UnicodeDecodeError):
             name = ""
@@ -101,17 +124,25 @@ def local_zone() -> tzinfo:
             zone = _zone_or_none(name)
             if zone is not None:
                 return zone
-        return _fixed_local_offset()
+        zone = _zone_from_file(_LOCALTIME)
+        return zone if zone is not None else _fixed_local_offset()
     except Exception:  # never raise: a broken environment still has UTC
         return UTC
 
 
 def parse_zone(name: str) -> ZoneInfo:
-    """The ``ZoneInfo`` for an IANA zone name; ``SettingsError`` naming the value when unknown."""
+    """The ``ZoneInfo`` for an IANA zone name or a TZif file path (``/…`` or ``:/…``, as in
+    ``TZ``); ``SettingsError`` naming the value when unknown."""
     if not isinstance(name, str) or not name.strip():
         raise SettingsError(
             f"timezone: expected an IANA zone name such as 'Europe/Berlin', got {name!r}"
         )
+    path = name.strip().removeprefix(":")
+    if path.startswith("/"):
+        zone = _zone_at_path(path)
+        if zone is None:
+            raise SettingsError(f"timezone: {path!r} is not a readable TZif zone file")
+        return zone
     zone = _zone_or_none(name.strip())
     if zone is None:
         raise SettingsError(f"timezone: unknown IANA zone name {name!r}")
