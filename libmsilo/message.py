@@ -16,7 +16,14 @@ from types import MappingProxyType
 from typing import Any
 
 from libmsilo.errors import InvalidRequest
-from libmsilo.uri import URI, NameAddr, parse_contact_list, parse_name_addr, parse_uri
+from libmsilo.uri import (
+    URI,
+    NameAddr,
+    display_name_prefix,
+    parse_contact_list,
+    parse_name_addr,
+    parse_uri,
+)
 
 __all__ = [
     "MAX_HEADERS",
@@ -574,6 +581,12 @@ class OutgoingMessage:
     content_type: str | None
     next_hop: str | None = None
     lease_token: str | None = None
+    from_name: str | None = None  # display name of the From header, if the setting has one
+
+    @property
+    def from_header(self) -> str:
+        """The From header value without its tag: ``"Name" <uri>`` or ``<uri>``."""
+        return f"{display_name_prefix(self.from_name)}<{self.from_uri}>"
 
     def to_bytes(
         self, *, call_id: str, from_tag: str, cseq: int = 10, via: str | None = None
@@ -588,7 +601,7 @@ class OutgoingMessage:
             lines.append(f"Via: {via}")
         lines += [
             "Max-Forwards: 70",
-            f"From: <{self.from_uri}>;tag={from_tag}",
+            f"From: {self.from_header};tag={from_tag}",
             f"To: <{self.to_uri}>",
             f"Call-ID: {call_id}",
             f"CSeq: {int(cseq)} MESSAGE",

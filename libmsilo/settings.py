@@ -20,16 +20,24 @@ from datetime import tzinfo
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .core.policy import TEMPLATE_NAMES, TRANSACTION_TIMEOUT, Policy
-from .errors import SettingsError
+from .errors import InvalidURI, SettingsError
 from .masking import mask_url
 from .modparam import read_modparams
 from .records import IDENTIFIER_RE, StoreLayout
 from .templating import Template, compile_template
 from .timefmt import local_zone, parse_zone
+from .uri import NameAddr, parse_address
 
 __all__ = ["MsiloSettings", "Profile"]
 
@@ -168,6 +176,19 @@ class MsiloSettings(BaseSettings):
     def _no_limit(cls, value: int) -> int:
         return max(value, 0)  # the modules treat any value <= 0 as "no limit"
 
+    @field_validator("reminder", "outbound_proxy")
+    @classmethod
+    def _sip_address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        address = _address(value)
+        if info.field_name == "outbound_proxy":
+            uri = address.uri
+            if uri.scheme not in ("sip", "sips"):
+                raise ValueError(f"{value!r} is not a SIP or SIPS URI of a proxy")
+            return str(uri)  # the next hop is a URI; a name-addr's <> and name are dropped
+        return value.strip()
+
     @field_validator("snd_time_avp")
     @classmethod
     def _avp_spec(cls, value: str | None) -> str | None:
@@ -189,6 +210,13 @@ class MsiloSettings(BaseSettings):
                     self._templates[name] = compile_template(source)
                 except SettingsError as exc:
                     raise ValueError(f"{name}: {exc}") from exc
+        from_t = self._templates.get("from_address")
+        if from_t is not None and not from_t.variables:
+            # A fixed From is checked now; one built from the request is checked per notice.
+            try:
+                _address(from_t.source)
+            except ValueError as exc:
+                raise ValueError(f"from_address: {exc}") from exc
         if self.timezone is not None:
             try:
                 self._zone = parse_zone(self.timezone)
@@ -301,6 +329,14 @@ class MsiloSettings(BaseSettings):
             values[name] = value
         values.update(overrides)
         return cls(**values)
+
+
+def _address(value: str) -> NameAddr:
+    """A SIP address setting, bare URI or name-addr; ``ValueError`` saying why not."""
+    try:
+        return parse_address(value)
+    except InvalidURI as exc:
+        raise ValueError(f"{value!r} is not a SIP address (URI or name-addr): {exc}") from None
 
 
 def _env_file_names(env_file: Any) -> list[str]:

@@ -31,6 +31,8 @@ __all__ = [
     "URI",
     "NameAddr",
     "aor",
+    "display_name_prefix",
+    "parse_address",
     "parse_contact_list",
     "parse_name_addr",
     "parse_uri",
@@ -217,14 +219,7 @@ class NameAddr:
 
     def __str__(self) -> str:
         # Always the <> form: it is the only one that keeps URI and header params apart.
-        name = self.display_name
-        if name is None:
-            head = ""
-        elif name and _DISPLAY_PLAIN.fullmatch(name):
-            head = name + " "
-        else:
-            head = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '" '
-        return f"{head}<{self.uri}>{_params_str(self.params)}"
+        return f"{display_name_prefix(self.display_name)}<{self.uri}>{_params_str(self.params)}"
 
     def param(self, name: str) -> str | None:
         """Value of header parameter ``name`` (case-insensitive); "" when present without value."""
@@ -234,6 +229,16 @@ class NameAddr:
     def tag(self) -> str | None:
         """The ``tag`` header parameter, if any."""
         return _lookup(self.params, "tag")
+
+
+def display_name_prefix(name: str | None) -> str:
+    """What goes before ``<uri>`` in a name-addr: the name and a space, quoted when it is not
+    plain tokens; "" for no name."""
+    if name is None:
+        return ""
+    if name and _DISPLAY_PLAIN.fullmatch(name):
+        return name + " "
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '" '
 
 
 # ---- public entry points ---------------------------------------------------------------------
@@ -263,6 +268,18 @@ def parse_name_addr(text: str) -> NameAddr:
         return _name_addr(text, 0, len(text), False)[0]
     except _Fail as exc:
         raise InvalidURI(exc.message, text, exc.position) from None
+
+
+def parse_address(text: str) -> NameAddr:
+    """Parse an address given by configuration or by the host: a bare URI keeps its ``;params``
+    as URI parameters (RFC 3261 §20.10 would read them as header parameters of an addr-spec);
+    a name-addr ``"Name" <sip:…>`` keeps its display name."""
+    if type(text) is not str:
+        _check_text(text, MAX_ADDRESS_LENGTH, "address")
+    text = text.strip(_WS)
+    if "<" in text:
+        return parse_name_addr(text)
+    return NameAddr(parse_uri(text))
 
 
 def parse_contact_list(text: str) -> tuple[NameAddr, ...] | None:

@@ -12,7 +12,7 @@ from ..records import StoredMessage
 from ..timefmt import ctime24, rfc1123
 from ..uri import NameAddr, parse_uri
 from .limits import CONTROL, MIME
-from .owner import parse_uri_argument
+from .owner import parse_uri_argument, setting_address
 from .policy import Policy
 
 # unreserved marks and user-unreserved characters, plus '%' so existing escapes stay as they are
@@ -153,12 +153,15 @@ def reminder_message(msg: StoredMessage, policy: Policy, token: str | None) -> O
     user = _stored_value(msg.username, "username", msg.mid)
     domain = _stored_value(msg.domain, "domain", msg.mid)
     target = _reminder_target(user, domain)
-    headers = _type_and_contact(msg, policy.reminder, policy)
+    sender = setting_address(policy.reminder)
+    from_uri = str(sender.uri)
+    headers = _type_and_contact(msg, from_uri, policy)
     return OutgoingMessage(
         kind=MessageKind.REMINDER,
         mid=msg.mid,
         ruri=target,
-        from_uri=policy.reminder,
+        from_uri=from_uri,
+        from_name=sender.display_name,
         to_uri=target,
         headers=tuple(headers),
         body=_prefixed("Reminder", msg.snd_time, msg, policy),

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..errors import InvalidURI
 from ..message import MessageKind, OutgoingMessage, SipRequest
 from ..templating import Template
-from ..uri import NameAddr, aor, parse_name_addr
+from ..uri import URI, NameAddr, aor
 from .limits import CONTROL, HEADER_NAME
+from .owner import setting_address
 from .policy import Policy
 
 __all__ = ["build_notice", "notice_target"]
+
+log = logging.getLogger("libmsilo")
 
 
 def _render_header_lines(
@@ -41,14 +46,10 @@ def _contacts(request: SipRequest) -> tuple[NameAddr, ...]:
         return ()
 
 
-def _is_loop(request: SipRequest, notice_from: str) -> bool:
+def _is_loop(request: SipRequest, ours: URI) -> bool:
     """The loop guard: the request came from msilo itself (Kamailio #61)."""
     if any(c.param("msilo") is not None for c in _contacts(request)):
         return True
-    try:
-        ours = parse_name_addr(notice_from).uri
-    except InvalidURI:
-        return False
     theirs = request.from_addr.uri
     return ours.scheme == theirs.scheme and aor(ours) == aor(theirs)
 
@@ -71,10 +72,13 @@ def build_notice(request: SipRequest, policy: Policy, now: int) -> OutgoingMessa
     ctype_t = policy.template("content_type_hdr")
     if from_t is None or body_t is None or ctype_t is None:
         return None
-    notice_from = from_t.render(request, now=now, tz=policy.zone).strip()
-    if not notice_from or CONTROL.search(notice_from):
+    rendered = from_t.render(request, now=now, tz=policy.zone).strip()
+    try:
+        sender = setting_address(rendered)
+    except InvalidURI as exc:
+        log.warning("offline notice not sent: from_address gives %r: %s", rendered, exc)
         return None
-    if policy.notify_loop_guard and _is_loop(request, notice_from):
+    if policy.notify_loop_guard and _is_loop(request, sender.uri):
         return None
     headers: list[tuple[str, str]] = []
     contact_t = policy.template("contact_hdr")
@@ -95,7 +99,8 @@ def build_notice(request: SipRequest, policy: Policy, now: int) -> OutgoingMessa
         kind=MessageKind.NOTICE,
         mid=None,
         ruri=notice_target(request, policy.use_contact),
-        from_uri=notice_from,
+        from_uri=str(sender.uri),
+        from_name=sender.display_name,
         to_uri=str(request.from_addr.uri),
         headers=tuple(headers),
         body=body,

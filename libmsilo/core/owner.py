@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..errors import InvalidRequest, InvalidURI
 from ..message import SipRequest
-from ..uri import URI, aor, parse_name_addr, parse_uri
+from ..uri import URI, NameAddr, aor, parse_address
 from .limits import MAX_OWNER_PART, encodable
 
-__all__ = ["choose_owner", "dump_owner", "parse_uri_argument", "split_owner_uri"]
+__all__ = [
+    "choose_owner",
+    "dump_owner",
+    "parse_uri_argument",
+    "setting_address",
+    "split_owner_uri",
+]
 
 
 def _owner_of(uri: URI, what: str, *, need_host: bool) -> tuple[str, str]:
@@ -22,10 +30,14 @@ def _owner_of(uri: URI, what: str, *, need_host: bool) -> tuple[str, str]:
 
 
 def parse_uri_argument(text: str) -> URI:
-    """A URI given by the host: a bare URI keeps its ``;params`` (RFC 3261 §20.10 would read
-    them as header parameters of an addr-spec); a name-addr ``"A" <sip:…>`` works too."""
-    text = text.strip()
-    return parse_name_addr(text).uri if "<" in text else parse_uri(text)
+    """A URI given by the host, bare or in a name-addr (see :func:`~libmsilo.uri.parse_address`)."""
+    return parse_address(text).uri
+
+
+@lru_cache(maxsize=64)
+def setting_address(text: str) -> NameAddr:
+    """The From address of a setting or rendered template: URI and display name."""
+    return parse_address(text)
 
 
 def _parse_owner(owner: str) -> URI:
