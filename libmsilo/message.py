@@ -15,7 +15,7 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any
 
-from libmsilo.errors import InvalidRequest
+from libmsilo.errors import InvalidRequest, InvalidURI
 from libmsilo.uri import (
     URI,
     NameAddr,
@@ -406,6 +406,28 @@ class SipRequest:
                 found += parsed
             contacts = self._cache["contacts"] = tuple(found)
         return contacts
+
+    @property
+    def usable_contacts(self) -> tuple[tuple[NameAddr, ...], tuple[tuple[str, str], ...]]:
+        """The contacts that parse, and each element that does not with the reason, so that
+        one odd contact (``<mailto:…>``, a bad host) does not hide the others."""
+        found: tuple[tuple[NameAddr, ...], tuple[tuple[str, str], ...]] | None
+        found = self._cache.get("usable_contacts")
+        if found is None:
+            try:
+                found = (self.contacts, ())
+            except InvalidURI:
+                good: list[NameAddr] = []
+                bad: list[tuple[str, str]] = []
+                for value in self._by_name.get("contact", ()):
+                    for element in _split_list(value):
+                        try:
+                            good.append(parse_name_addr(element))
+                        except InvalidURI as exc:
+                            bad.append((element, str(exc)))
+                found = (tuple(good), tuple(bad))
+            self._cache["usable_contacts"] = found
+        return found
 
     @property
     def expires(self) -> int | None:

@@ -13,6 +13,8 @@ Deliberate deviations from the grammar, each to accept traffic that real user ag
   send it, and dropping it loses nothing);
 * an unquoted display name may hold non-ASCII letters (``Jörg <sip:j@example.com>``) and need not
   be followed by whitespace before ``<``;
+* a header parameter value may be ``<…>`` unquoted (RFC 5626 ``+sip.instance=<urn:uuid:…>``
+  must be quoted, but many user agents leave the quotes out); it is kept as written;
 * a TEL local number without ``phone-context`` is accepted (RFC 3966 §5.1.5 says MUST; short codes
   are commonly sent without it), and TEL parameter values use the ``paramchar`` set throughout.
 """
@@ -708,6 +710,12 @@ def _header_params_lws(
             vstart = _skip_ws(text, after + 1, end)
             if vstart < end and text[vstart] == '"':
                 _, pos = _quoted_string(text, vstart, end)
+            elif vstart < end and text[vstart] == "<":
+                # Deviation: +sip.instance=<urn:uuid:…> unquoted, as many phones send it.
+                close = text.find(">", vstart, end)
+                if close < 0 or _CONTROL.search(text, vstart, close):
+                    raise _Fail("unterminated <> in parameter value", vstart)
+                pos = close + 1
             elif vstart < end and text[vstart] == "[":
                 close = text.find("]", vstart, end)
                 if close < 0 or not _is_ipv6(text[vstart + 1 : close]):

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote
 
-from ..errors import InvalidRequest, InvalidURI
+from ..errors import InvalidRequest
 from ..message import MessageKind, OutgoingMessage, SipRequest
 from ..records import StoredMessage
 from ..timefmt import ctime24, rfc1123
 from ..uri import NameAddr, parse_uri
+from .contacts import sip_contacts
 from .limits import CONTROL, MIME
 from .owner import parse_uri_argument, setting_address
 from .policy import Policy
@@ -61,12 +62,11 @@ def plan_dump(request: SipRequest | None) -> DumpPlan:
         return DumpPlan(True)
     if request.contact_star:
         return DumpPlan(False, "Contact: * removes every binding")
-    try:
-        contacts = request.contacts
-    except InvalidURI:  # e.g. a mailto: contact: no SIP binding to deliver to
-        return DumpPlan(False, "a Contact does not parse as a SIP URI")
-    if not contacts:
+    if not request.header_list("Contact"):
         return DumpPlan(False, "no Contact (a registration query)")
+    contacts = sip_contacts(request, "dump")
+    if not contacts:
+        return DumpPlan(False, "no Contact is a usable SIP URI")
     header_expires = request.expires
     live = [c for c in contacts if _contact_expires(c, header_expires) > 0]
     if not live:

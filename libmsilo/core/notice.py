@@ -7,7 +7,8 @@ import logging
 from ..errors import InvalidURI
 from ..message import MessageKind, OutgoingMessage, SipRequest
 from ..templating import Template
-from ..uri import URI, NameAddr, aor
+from ..uri import URI, aor
+from .contacts import sip_contacts
 from .limits import CONTROL, HEADER_NAME
 from .owner import setting_address
 from .policy import Policy
@@ -39,16 +40,9 @@ def _render_header_lines(
     return headers
 
 
-def _contacts(request: SipRequest) -> tuple[NameAddr, ...]:
-    try:
-        return request.contacts
-    except InvalidURI:  # a non-SIP contact (mailto:, http:) is simply not usable
-        return ()
-
-
 def _is_loop(request: SipRequest, ours: URI) -> bool:
     """The loop guard: the request came from msilo itself (Kamailio #61)."""
-    if any(c.param("msilo") is not None for c in _contacts(request)):
+    if any(c.param("msilo") is not None for c in request.usable_contacts[0]):
         return True
     theirs = request.from_addr.uri
     return ours.scheme == theirs.scheme and aor(ours) == aor(theirs)
@@ -57,9 +51,8 @@ def _is_loop(request: SipRequest, ours: URI) -> bool:
 def notice_target(request: SipRequest, use_contact: bool) -> str:
     """Where the offline notice goes [§2.9]: the sender's Contact when usable, else its From."""
     if use_contact:
-        for contact in _contacts(request)[:1]:
-            if contact.uri.scheme in ("sip", "sips") and contact.uri.host:
-                return str(contact.uri)
+        for contact in sip_contacts(request, "offline notice"):
+            return str(contact.uri)
     return str(request.from_addr.uri)
 
 

@@ -1,0 +1,82 @@
+"""Issue 9.5: one odd Contact must not veto the dump nor the choice of the notice target.
+
+A REGISTER whose Contact list holds a usable SIP contact beside a ``<mailto:…>``, an unquoted
+RFC 5626 ``+sip.instance=<urn:uuid:…>`` or a host with ``_`` delivers to the usable contact and
+logs a WARNING for each one skipped. Runs on every driver (the dump claims through it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from libmsilo import Silo, SipRequest
+from libmsilo.drivers import Driver
+from tests.every_driver import any_driver
+from tests.helpers import Clock, message, register, settings
+
+__all__ = ["any_driver"]  # the fixture, imported for pytest
+
+TARGET = "sip:alice@192.0.2.7:5060;transport=udp"
+GOOD = f"<{TARGET}>"
+INSTANCE = "<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>"
+
+CASES = {
+    "mailto after": (f"{GOOD}, <mailto:alice@example.com>", TARGET),
+    "mailto before": (f'"A" <mailto:alice@example.com>;q=0.1, {GOOD}', TARGET),
+    "unquoted instance": (f"{GOOD};+sip.instance={INSTANCE};reg-id=1", TARGET),
+    "underscore host": (f"<sip:alice@my_pc.lan>, {GOOD}", TARGET),
+    "tel first": (f"<tel:+15550100>, {GOOD}", TARGET),
+}  # fmt: skip
+
+
+def odd_register(contact: str) -> SipRequest:
+    return register(contact=contact)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_dump_goes_to_the_usable_contact(
+    any_driver: Driver, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    contact, target = CASES[case]
+    silo = Silo(any_driver, settings(), clock=Clock())
+    mids = [silo.store(message(body=f"m{i}".encode())).mid for i in range(2)]
+    with caplog.at_level(logging.DEBUG, logger="libmsilo"):
+        out = silo.dump(odd_register(contact))
+    assert [m.mid for m in out] == mids
+    assert {m.ruri for m in out} == {target}
+    raw = out[0].to_bytes(call_id="c@x", from_tag="t")
+    assert raw.startswith(f"MESSAGE {target} SIP/2.0\r\n".encode())
+    skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
+    if case == "unquoted instance":
+        assert skipped == []  # the contact is fine, its parameter merely unquoted
+    else:
+        assert skipped and all(r.levelno == logging.WARNING for r in skipped)
+
+
+def test_only_odd_contacts_dump_nothing_with_a_warning(
+    any_driver: Driver, caplog: pytest.LogCaptureFixture
+) -> None:
+    silo = Silo(any_driver, settings(), clock=Clock())
+    mid = silo.store(message()).mid
+    with caplog.at_level(logging.WARNING, logger="libmsilo"):
+        assert silo.dump(register(contact="<mailto:alice@example.com>, <sip:a@x_y.lan>")) == []
+    assert "mailto:alice@example.com" in caplog.text and "x_y.lan" in caplog.text
+    (again,) = silo.dump(register())  # nothing was leased by the refused dump
+    assert again.mid == mid
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_notice_goes_to_the_usable_contact(case: str, caplog: pytest.LogCaptureFixture) -> None:
+    contact, target = CASES[case]
+    from tests.helpers import make_silo
+
+    silo = make_silo(
+        from_address="sip:registrar@example.com",
+        offline_message="offline",
+        content_type_hdr="Content-Type: text/plain\r\n",
+    )
+    with caplog.at_level(logging.WARNING, logger="libmsilo"):
+        notice = silo.store(message(extra=[("Contact", contact)])).notice
+    assert notice is not None and notice.ruri == target
