@@ -11,12 +11,10 @@ import logging
 
 import pytest
 
-from libmsilo import Silo, SipRequest
-from libmsilo.drivers import Driver
-from tests.every_driver import any_driver
-from tests.helpers import Clock, message, register, settings
+from libmsilo import SipRequest
+from tests.helpers import make_silo, message, register
 
-__all__ = ["any_driver"]  # the fixture, imported for pytest
+pytestmark = pytest.mark.usefixtures("backend")  # every backend: tests/conftest.py
 
 TARGET = "sip:alice@192.0.2.7:5060;transport=udp"
 GOOD = f"<{TARGET}>"
@@ -36,11 +34,9 @@ def odd_register(contact: str) -> SipRequest:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_dump_goes_to_the_usable_contact(
-    any_driver: Driver, case: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_dump_goes_to_the_usable_contact(case: str, caplog: pytest.LogCaptureFixture) -> None:
     contact, target = CASES[case]
-    silo = Silo(any_driver, settings(), clock=Clock())
+    silo = make_silo()
     mids = [silo.store(message(body=f"m{i}".encode())).mid for i in range(2)]
     with caplog.at_level(logging.DEBUG, logger="libmsilo"):
         out = silo.dump(odd_register(contact))
@@ -55,10 +51,8 @@ def test_dump_goes_to_the_usable_contact(
         assert skipped and all(r.levelno == logging.WARNING for r in skipped)
 
 
-def test_only_odd_contacts_dump_nothing_with_a_warning(
-    any_driver: Driver, caplog: pytest.LogCaptureFixture
-) -> None:
-    silo = Silo(any_driver, settings(), clock=Clock())
+def test_only_odd_contacts_dump_nothing_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    silo = make_silo()
     mid = silo.store(message()).mid
     with caplog.at_level(logging.WARNING, logger="libmsilo"):
         assert silo.dump(register(contact="<mailto:alice@example.com>, <sip:a@x_y.lan>")) == []
@@ -70,8 +64,6 @@ def test_only_odd_contacts_dump_nothing_with_a_warning(
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_notice_goes_to_the_usable_contact(case: str, caplog: pytest.LogCaptureFixture) -> None:
     contact, target = CASES[case]
-    from tests.helpers import make_silo
-
     silo = make_silo(
         from_address="sip:registrar@example.com",
         offline_message="offline",
