@@ -129,3 +129,9 @@ class DriverOptions:
     """Backend-independent connection options."""
 
     timeout: float = 5.0  # seconds for connecting and for one storage step
+    # Redis (other drivers ignore them): each write waits until this many replicas hold it
+    # (WAIT), and with wait_aof the local append-only file too (WAITAOF, Redis 7.2+), at most
+    # wait_timeout seconds.
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
+    wait_aof: bool = False

@@ -34,7 +34,7 @@ from .core.policy import TEMPLATE_NAMES, TRANSACTION_TIMEOUT, Policy
 from .errors import InvalidURI, SettingsError
 from .masking import mask_url
 from .modparam import read_modparams
-from .records import IDENTIFIER_RE, StoreLayout
+from .records import IDENTIFIER_RE, DriverOptions, StoreLayout
 from .templating import Template, compile_template
 from .timefmt import local_zone, parse_zone
 from .uri import NameAddr, parse_address
@@ -125,6 +125,9 @@ class MsiloSettings(BaseSettings):
     max_attempts: int = Field(0, ge=0)
     notify_loop_guard: bool = True
     db_timeout: float = Field(5.0, gt=0)
+    redis_wait_replicas: int = Field(0, ge=0)
+    redis_wait_timeout: float = Field(1.0, gt=0)
+    redis_wait_aof: bool = False
 
     _templates: dict[str, Template] = PrivateAttr(default_factory=dict)
     _zone: tzinfo = PrivateAttr(default_factory=local_zone)
@@ -291,6 +294,15 @@ class MsiloSettings(BaseSettings):
             add_contact=self.add_contact,
             notify_loop_guard=self.notify_loop_guard,
             dump_to_contact=self.profile is Profile.LIBMSILO,
+        )
+
+    def driver_options(self) -> DriverOptions:
+        """Connection options for the driver: ``db_timeout`` and the Redis write waits."""
+        return DriverOptions(
+            timeout=self.db_timeout,
+            wait_replicas=self.redis_wait_replicas,
+            wait_timeout=self.redis_wait_timeout,
+            wait_aof=self.redis_wait_aof,
         )
 
     def layout(self) -> StoreLayout:

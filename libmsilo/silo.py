@@ -42,7 +42,7 @@ from .drivers import open_driver
 from .drivers.base import Driver
 from .errors import InvalidRequest, MsiloError
 from .message import MessageKind, OutgoingMessage, SipRequest
-from .records import DriverOptions, ReleaseResult, StoredMessage
+from .records import ReleaseResult, StoredMessage
 from .settings import MsiloSettings
 
 __all__ = ["ReplyOutcome", "Silo", "Stats", "TimerThread"]
@@ -91,9 +91,7 @@ class Silo:
     ) -> Silo:
         """Open the driver ``settings.db_url`` names (creating its schema unless told not to)."""
         settings = settings if settings is not None else MsiloSettings()
-        driver = open_driver(
-            settings.db_url, settings.layout(), DriverOptions(timeout=settings.db_timeout)
-        )
+        driver = open_driver(settings.db_url, settings.layout(), settings.driver_options())
         if create_schema:
             driver.create_schema()
         return cls(driver, settings, clock=clock)

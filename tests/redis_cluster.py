@@ -25,7 +25,14 @@ import pytest
 
 from tests.backends import in_ci
 
-__all__ = ["ClusterProcesses", "TlsServer", "redis_cluster_url", "redis_tls_url"]
+__all__ = [
+    "ClusterProcesses",
+    "StandaloneServer",
+    "TlsServer",
+    "redis_cluster_url",
+    "redis_tls_url",
+    "standalone_redis",
+]
 
 MASTERS = 3
 BUS_OFFSET = 10000  # Redis Cluster's bus port is the client port + 10000
@@ -229,6 +236,57 @@ class TlsServer(ClusterProcesses):
         self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL))
         tls = ["--tls", "--cacert", str(self.cert), "ping"]
         self._wait_for(cli, port, tls, b"PONG", time.monotonic() + START_TIMEOUT)
+
+
+class StandaloneServer(ClusterProcesses):
+    """One private standalone redis-server with the given extra arguments (persistence,
+    ``--replicaof``, renamed commands), for a test that needs the server configured its way."""
+
+    def __init__(self, *args: str) -> None:
+        super().__init__()
+        self.args = args
+
+    @property
+    def url(self) -> str:
+        """The driver URL (database 0)."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.procs[0].pid
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if server is None or cli is None:
+            raise FileNotFoundError("redis-server / redis-cli not installed")
+        self.ports = _pick_ports(1)
+        port = self.ports[0]
+        args = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
+        args += ["--logfile", str(self.dir / "redis.log"), "--save", "", "--appendonly", "no"]
+        self.procs.append(subprocess.Popen([*args, *self.args], stdin=subprocess.DEVNULL))
+        ready = b"NOAUTH" if "--requirepass" in self.args else b"PONG"  # it answers either way
+        self._wait_for(cli, port, ["ping"], ready, time.monotonic() + START_TIMEOUT)
+
+
+@contextlib.contextmanager
+def standalone_redis(*args: str) -> Iterator[StandaloneServer]:
+    """A :class:`StandaloneServer` for the ``with`` block, stopped by PID afterwards; skips (fails
+    under ``CI=true``) when it cannot start."""
+    server = StandaloneServer(*args)
+    try:
+        server.start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        server.stop()
+        message = f"cannot start a private redis-server: {exc!r}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 _tls: TlsServer | None = None

@@ -52,6 +52,7 @@ from ..errors import SettingsError, StorageError, StorageUnavailable
 from ..masking import mask_url
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .redis_durability import WaitPolicy, prepare
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
 from .schema_version import SCHEMA_VERSION, check_version
 
@@ -72,6 +73,8 @@ _MAX_PAGES = 1000
 _PIPELINE_KEYS = 5000
 #: Owners whose key names are kept ready (they repeat: a store, then the dump of the same owner).
 _OWNER_CACHE = 4096
+#: Scripts that only read: no durability wait after them.
+_READ_SCRIPTS = frozenset({"list"})
 #: Scripts that run in a bucket's slot (cluster only); the others run in a group's slot.
 _BUCKET_SCRIPTS = frozenset({"index", "unindex"})
 
@@ -161,8 +164,17 @@ def _record(values: Sequence[Any]) -> StoredMessage:
 class RedisDriver:
     """Stores messages in Redis hashes and sorted sets; every per-owner step is one Lua script."""
 
-    def __init__(self, connect: Callable[[], Client], layout: StoreLayout) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Client],
+        layout: StoreLayout,
+        *,
+        wait: WaitPolicy | None = None,
+        where: str = "redis",
+    ) -> None:
         self._connect = connect
+        self._wait = wait if wait is not None and wait.enabled else None
+        self._where = where  # the URL with its password masked, for log messages
         self._client: Client | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -201,6 +213,13 @@ class RedisDriver:
                     client = self._connect()
                     # Standalone: the group scripts keep the bucket indexes in the same step.
                     clustered = isinstance(client, RedisCluster)
+                    try:
+                        prepare(
+                            client, self._wait or WaitPolicy(), self._where, clustered=clustered
+                        )
+                    except BaseException:
+                        client.close()
+                        raise
                     self._bucket_base = b"" if clustered else b"{%s:" % self._prefix
                     self._execute = client.execute_command
                     self._client = client
@@ -214,6 +233,8 @@ class RedisDriver:
 
     def _run(self, name: str, keys: Sequence[bytes], args: Sequence[bytes | int | str]) -> Any:
         """Run one script (EVALSHA straight away; loaded and retried once on NOSCRIPT)."""
+        if self._wait is not None and name not in _READ_SCRIPTS:
+            return self._run_many([(name, keys, args)])[0]  # the write and its WAIT, together
         client = self.client
         command = self._command(name, keys, args)
         try:
@@ -246,8 +267,16 @@ class RedisDriver:
             pipe = client.pipeline(transaction=False)
             for i in todo:
                 pipe.execute_command(*self._command(*calls[i]))
+            wait = self._wait
+            if wait is not None and any(calls[i][0] not in _READ_SCRIPTS for i in todo):
+                pipe.execute_command(*wait.command())  # same connection: covers these writes
+            else:
+                wait = None
+            results = pipe.execute(raise_on_error=False)
+            if wait is not None:
+                wait.check(results.pop())
             missing: list[int] = []
-            for i, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            for i, reply in zip(todo, results, strict=True):
                 if isinstance(reply, rexc.NoScriptError) and attempt == 0:
                     missing.append(i)
                 elif isinstance(reply, Exception):
@@ -615,7 +644,9 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
 
     The connection opens on first use; ``options.timeout`` bounds connecting and each reply.
     """
-    timeout = options.timeout
+    wait = WaitPolicy(options.wait_replicas, options.wait_timeout, options.wait_aof)
+    # A reply may take the wait on top of the step: the socket must not give up first.
+    timeout = options.timeout + (wait.timeout if wait.enabled else 0.0)
     scheme = url.split("://", 1)[0].lower()
     connect: Callable[[], Client]
     if scheme == "redis+cluster":
@@ -648,4 +679,4 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
 
     else:
         raise SettingsError(f"db_url: {mask_url(url)!r} is not a Redis URL")
-    return RedisDriver(connect, layout)
+    return RedisDriver(connect, layout, wait=wait, where=mask_url(url))

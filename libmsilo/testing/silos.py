@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from ..drivers import DriverOptions, open_driver, url_scheme
+from ..drivers import open_driver, url_scheme
 from ..drivers.base import Driver
 from ..settings import MsiloSettings
 from ..silo import Clock, Silo
@@ -42,9 +42,7 @@ def isolated_settings(**values: Any) -> MsiloSettings:
 
 
 def _open_driver(settings: MsiloSettings) -> Driver:
-    driver = open_driver(
-        settings.db_url, settings.layout(), DriverOptions(timeout=settings.db_timeout)
-    )
+    driver = open_driver(settings.db_url, settings.layout(), settings.driver_options())
     if url_scheme(settings.db_url) in _MONGO_SCHEMES:
         from ..drivers.mongo import MongoDriver
 
