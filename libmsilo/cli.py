@@ -489,15 +489,21 @@ def config(
     show_secrets: Annotated[
         bool, typer.Option("--show-secrets", help="Show db_url's password instead of ***.")
     ] = False,
+    define: Annotated[
+        list[str] | None,
+        typer.Option("-A", "--define", help="Pre-define NAME or NAME=VALUE, as kamailio -A."),
+    ] = None,
 ) -> None:
     """Show the settings a server config's modparam("msilo", ...) lines give."""
     if (opensips is None) == (kamailio is None):
         raise UsageError("give exactly one of --opensips FILE or --kamailio FILE")
     if opensips is not None:
-        settings = MsiloSettings.from_opensips_cfg(opensips.read_text(encoding="utf-8"))
+        if define:
+            raise UsageError("-A/--define is for Kamailio configs")
+        settings = MsiloSettings.from_opensips_cfg(path=opensips)
     else:
         assert kamailio is not None
-        settings = MsiloSettings.from_kamailio_cfg(kamailio.read_text(encoding="utf-8"))
+        settings = MsiloSettings.from_kamailio_cfg(path=kamailio, defines=define or ())
     values = settings.model_dump(mode="json")
     if not show_secrets:
         values["db_url"] = mask_url(values["db_url"])

@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .cfgpp import Defines, preprocess
 from .core.policy import TEMPLATE_NAMES, TRANSACTION_TIMEOUT, Policy
 from .errors import InvalidURI, SettingsError
 from .masking import mask_url
@@ -324,13 +325,33 @@ class MsiloSettings(BaseSettings):
     # ---- server configs ----------------------------------------------------------------------
 
     @classmethod
-    def from_opensips_cfg(cls, text: str, **overrides: Any) -> MsiloSettings:
-        """Settings from the ``modparam("msilo", …)`` lines of an ``opensips.cfg``."""
+    def from_opensips_cfg(
+        cls,
+        text: str | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        **overrides: Any,
+    ) -> MsiloSettings:
+        """Settings from the ``modparam("msilo", …)`` lines of an ``opensips.cfg`` (``text``, or
+        the file at ``path``; ``include_file``/``import_file`` are followed from ``path``)."""
+        text = _cfg_text(text, path)
+        text = preprocess(text, path=path, kamailio=False)
         return cls._from_cfg(text, Profile.OPENSIPS, overrides)
 
     @classmethod
-    def from_kamailio_cfg(cls, text: str, **overrides: Any) -> MsiloSettings:
-        """Settings from the ``modparam("msilo", …)`` lines of a ``kamailio.cfg``."""
+    def from_kamailio_cfg(
+        cls,
+        text: str | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        defines: Defines = (),
+        **overrides: Any,
+    ) -> MsiloSettings:
+        """Settings from the ``modparam("msilo", …)`` lines of a ``kamailio.cfg`` (``text``, or
+        the file at ``path``), read after its preprocessor (``#!define``, ``#!ifdef``, …, see
+        :mod:`libmsilo.cfgpp`); ``defines`` are pre-defined names as ``kamailio -A`` gives."""
+        text = _cfg_text(text, path)
+        text = preprocess(text, path=path, defines=defines, kamailio=True)
         return cls._from_cfg(text, Profile.KAMAILIO, overrides)
 
     @classmethod
@@ -341,6 +362,18 @@ class MsiloSettings(BaseSettings):
             values[name] = value
         values.update(overrides)
         return cls(**values)
+
+
+def _cfg_text(text: str | None, path: str | os.PathLike[str] | None) -> str:
+    if text is not None:
+        return text
+    if path is None:
+        raise SettingsError("give the config text or its path")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config {os.fspath(path)!r} cannot be read: {exc}") from None
 
 
 def _address(value: str) -> NameAddr:
