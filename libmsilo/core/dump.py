@@ -141,17 +141,22 @@ def dump_message(
 
 @lru_cache(maxsize=4096)
 def _reminder_target(user: str, domain: str) -> str:
+    if not domain:
+        # A tel: owner without phone-context (the only owner without a host): its number,
+        # routed by the outbound proxy, which store() made sure is set.
+        return str(parse_uri(f"tel:{user}"))
     # Escape what a SIP user part may not hold (e.g. '#' of a tel: owner), RFC 3261 §25.1.
     return str(parse_uri(f"sip:{quote(user, safe=_USER_SAFE)}@{domain}"))
 
 
 def reminder_message(msg: StoredMessage, policy: Policy, token: str | None) -> OutgoingMessage:
-    """The MESSAGE that delivers a due reminder [§5]: to ``sip:user@domain``, from ``reminder``,
-    no Date header."""
+    """The MESSAGE that delivers a due reminder [§5]: to ``sip:user@domain`` (``tel:number`` for
+    a ``tel:`` owner without phone-context), from ``reminder``, no Date header."""
     if policy.reminder is None:
         raise InvalidRequest("reminders are off (no reminder From URI)")
     user = _stored_value(msg.username, "username", msg.mid)
-    domain = _stored_value(msg.domain, "domain", msg.mid)
+    # An empty domain is a tel: owner's (no phone-context); control characters are refused.
+    domain = _stored_value(msg.domain, "domain", msg.mid) if msg.domain else ""
     target = _reminder_target(user, domain)
     sender = setting_address(policy.reminder)
     from_uri = str(sender.uri)

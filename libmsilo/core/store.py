@@ -124,6 +124,11 @@ def build_row(
     expires = request.expires
     if expires is not None and expires > 0:
         lifetime = min(lifetime, expires)  # the request may shorten the lifetime, never extend
+    if snd_time and not owner[1] and policy.outbound_proxy is None:
+        raise InvalidRequest(
+            f"a reminder for tel:{owner[0]} needs outbound_proxy: it is sent to that tel: URI, "
+            "which has no host, so only a proxy can route it"
+        )
     # A reminder lives from its send time, so it cannot be purged before it fires [§9.8].
     start = max(now, snd_time)
     if start + lifetime > MAX_INT64:
