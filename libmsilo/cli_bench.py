@@ -61,7 +61,7 @@ def results_tables(report: BenchReport) -> list[Table]:
             ratios.add_row(
                 label,
                 m.op,
-                f"{m.table_rows:,}" if m.op != "store" else "-",
+                f"{m.table_rows:,}" if not m.op.startswith("store") else "-",
                 f"{m.items:,}",
                 _fmt_rate(m.rate(m.lib_median)),
                 _fmt_rate(m.rate(m.raw_median)),
@@ -106,6 +106,17 @@ def bench(
         ),
     ] = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Rounds per side.")] = 3,
+    redis_wait: Annotated[
+        int | None,
+        typer.Option(
+            "--redis-wait",
+            min=0,
+            help=(
+                "Redis: also measure stores that wait for this many replicas "
+                "(redis_wait_replicas; 0 measures the WAIT round trip alone)."
+            ),
+        ),
+    ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart PNG.")] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON.")
@@ -123,6 +134,7 @@ def bench(
             reminders=reminders,
             scales=tuple(scale or [10_000]),
             repeat=repeat,
+            redis_wait=redis_wait,
         )
         columns = (
             TextColumn("{task.description}"),

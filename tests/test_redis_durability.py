@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from libmsilo import MsiloSettings, Silo
+from libmsilo.bench import BenchConfig, run_bench, total_steps
 from libmsilo.drivers.redis_durability import WaitPolicy, has_waitaof, prepare
 from libmsilo.errors import SettingsError, StorageError
 from tests.helpers import message
@@ -166,3 +167,33 @@ def test_wait_policy_commands_and_replies() -> None:
 def test_waits_are_refused_on_a_cluster() -> None:
     with pytest.raises(SettingsError, match="redis\\+cluster"):
         prepare(None, WaitPolicy(1), "redis+cluster://h:1", clustered=True)
+
+
+# ---- the cost, measured by msilo bench --------------------------------------------------------
+
+
+def test_bench_measures_stores_that_wait_for_a_replica(
+    replicated: tuple[StandaloneServer, StandaloneServer],
+) -> None:
+    primary, _ = replicated
+    config = BenchConfig(
+        urls=(primary.url,),
+        messages=20,
+        owners=2,
+        queued=2,
+        reminders=1,
+        scales=(0,),
+        repeat=1,
+        redis_wait=1,
+    )
+    steps: list[str] = []
+    report = run_bench(config, steps.append)
+    assert report.failures == []
+    assert len(steps) == total_steps(config)
+    ops = {m.op: m for m in report.backends[0].measurements}
+    waited = ops["store+wait1"]
+    assert waited.items == 20 and waited.lib_median > 0 and waited.raw_median > 0
+    assert [r["op"] for r in report.to_dict()["backends"][0]["results"]][:2] == [
+        "store",
+        "store+wait1",
+    ]

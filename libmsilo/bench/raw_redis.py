@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from ..errors import StorageError
 from .workload import EXPIRE_TIME, RawMessage, Row, render_dump, render_reminder
 
 __all__ = ["RawRedis", "load_lib_redis"]
@@ -114,8 +115,12 @@ class RawRedis:
 
     client = "redis-py"
 
-    def __init__(self, url: str, table: str, zone: tzinfo) -> None:
+    def __init__(
+        self, url: str, table: str, zone: tzinfo, wait_replicas: int | None = None
+    ) -> None:
         self.zone = zone
+        # With wait_replicas, each store waits for that many replicas (WAIT, 1 s at most).
+        self.wait = None if wait_replicas is None else ("WAIT", wait_replicas, 1000)
         self.r = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
         p = table.encode()
         self.prefix = p
@@ -177,8 +182,13 @@ class RawRedis:
     def store(self, row: tuple[str, str, str, str, bytes, str], now: int) -> int:
         """INCR for the id, then one pipelined round trip: the message, its queue and index."""
         mid = int(self.r.incr(self.seq)) * GROUPS + _group(row[2], row[3])
-        pipe = self.r.pipeline(transaction=False)
+        pipe: Any = self.r.pipeline(transaction=False)
         self._write(pipe, (*row, now, now + EXPIRE_TIME, 0), mid)
+        if self.wait is not None:
+            pipe.execute_command(*self.wait)
+            if int(pipe.execute()[-1]) < self.wait[1]:
+                raise StorageError(f"bench: raw store not confirmed by {self.wait[1]} replicas")
+            return mid
         pipe.execute()
         return mid
 

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from ..drivers import url_scheme
 from ..drivers.base import Driver, NewMessage
 from ..errors import MsiloError
-from ..masking import mask_url
+from ..masking import mask_text, mask_url
 from ..settings import MsiloSettings
 from ..silo import Silo
 from . import workload as wl
@@ -43,6 +43,8 @@ __all__ = [
 log = logging.getLogger("libmsilo")
 
 Progress = Callable[[str], None]  # called once per finished step, with what comes next
+
+_WAIT_SCHEMES = ("redis", "rediss")  # where --redis-wait adds its store case
 
 WARMUP_STORES = 100  # unmeasured stores per side before the store rounds
 
@@ -66,6 +68,7 @@ class BenchConfig:
     scales: tuple[int, ...] = (10_000,)  # rows of other owners in the table
     expired_share: float = 0.01  # of the table, removed by each purge
     repeat: int = 3  # rounds per side; the median is reported
+    redis_wait: int | None = None  # Redis: also measure stores waiting for this many replicas
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -132,7 +135,11 @@ class BackendResult:
 def total_steps(config: BenchConfig) -> int:
     """How many times :func:`run_backend` calls ``progress`` over all URLs."""
     per_scale = 2 + config.repeat  # seeding, warm-up, rounds
-    return len(config.urls) * (1 + config.repeat + len(config.scales) * per_scale)
+    waits = 0
+    if config.redis_wait is not None:
+        redis_urls = [u for u in config.urls if u.partition("://")[0].lower() in _WAIT_SCHEMES]
+        waits = config.repeat * len(redis_urls)
+    return len(config.urls) * (1 + config.repeat + len(config.scales) * per_scale) + waits
 
 
 def redact(url: str) -> str:
@@ -177,7 +184,7 @@ def _expect(what: str, got: int, want: int) -> None:
 class _LibSide:
     """libmsilo on its own table, with a loader to seed it outside the measured paths."""
 
-    def __init__(self, url: str, table: str, zone: tzinfo) -> None:
+    def __init__(self, url: str, table: str, zone: tzinfo, **extra: Any) -> None:
         self.settings = MsiloSettings(
             db_url=url,
             db_table=table,
@@ -194,6 +201,7 @@ class _LibSide:
             outbound_proxy=None,
             add_date=True,
             add_contact=True,
+            **extra,
         )
         self.silo = Silo.from_settings(self.settings)
         self.driver: Driver = self.silo.driver
@@ -266,39 +274,60 @@ class _Run:
         self.lib_table, self.raw_table = f"msilo_bench_lib_{tag}", f"msilo_bench_raw_{tag}"
         self.lib: _LibSide | None = None
         self.raw: RawStore | None = None
+        self._sides: list[_LibSide | RawStore] = []  # every side opened, dropped by close()
 
     def open(self) -> None:
-        self.lib = _LibSide(self.url, self.lib_table, self.zone)
-        self.raw = open_raw(self.url, self.raw_table, self.zone)
-        self.raw.create()
+        self.lib = self._lib_side(self.lib_table)
+        self.raw = self._raw_side(open_raw(self.url, self.raw_table, self.zone))
+
+    def _lib_side(self, table: str, **extra: Any) -> _LibSide:
+        side = _LibSide(self.url, table, self.zone, **extra)
+        self._sides.append(side)
+        return side
+
+    def _raw_side(self, raw: RawStore) -> RawStore:
+        self._sides.append(raw)
+        raw.create()
+        return raw
 
     def close(self) -> None:
         errors: list[BaseException] = []
-        if self.lib is not None:
+        for side in self._sides:
             try:
-                self.lib.driver.drop_schema()
+                if isinstance(side, _LibSide):
+                    side.driver.drop_schema()
+                else:
+                    side.drop()
             except Exception as exc:
                 errors.append(exc)
-            self.lib.loader.close()
-            self.lib.silo.close()
-        if self.raw is not None:
-            try:
-                self.raw.drop()
-            except Exception as exc:
-                errors.append(exc)
-            self.raw.close()
+            if isinstance(side, _LibSide):
+                side.loader.close()
+                side.silo.close()
+            else:
+                side.close()
         if errors:
-            log.warning("bench: cleanup failed: %s", errors[0])
+            log.warning("bench: cleanup failed: %s", mask_text(str(errors[0])))
 
     # ---- store
 
-    def store(self) -> Measurement:
+    def store_waiting(self, replicas: int) -> Measurement:
+        """Stores that wait for ``replicas`` Redis replicas (libmsilo's ``redis_wait_replicas``;
+        the raw side sends WAIT in the same pipeline), on tables of their own."""
+        from .raw_redis import RawRedis
+
+        lib = self._lib_side(f"{self.lib_table}_w", redis_wait_replicas=replicas)
+        raw = self._raw_side(RawRedis(self.url, f"{self.raw_table}_w", self.zone, replicas))
+        return self.store(f"store+wait{replicas}", lib.silo, raw)
+
+    def store(
+        self, op: str = "store", silo: Silo | None = None, raw: RawStore | None = None
+    ) -> Measurement:
         assert self.lib is not None and self.raw is not None
         cfg = self.config
         requests = wl.store_requests(cfg.messages, cfg.owners)
         rows = wl.store_rows(cfg.messages, cfg.owners)
-        m = Measurement("store", cfg.messages, 0)
-        silo, raw = self.lib.silo, self.raw
+        m = Measurement(op, cfg.messages, 0)
+        silo, raw = silo or self.lib.silo, raw or self.raw
         # Warm-up, not measured: connections, prepared statements, scripts, caches.
         for req, row in list(zip(requests, rows, strict=True))[:WARMUP_STORES]:
             silo.store(req)
@@ -313,7 +342,7 @@ class _Run:
                     with _timed(m.raw_s):
                         for row in rows:
                             raw.store(row, int(time.time()))
-            self.progress(f"store round {round_ + 1}/{cfg.repeat}")
+            self.progress(f"{op} round {round_ + 1}/{cfg.repeat}")
         return m
 
     @staticmethod
@@ -415,6 +444,8 @@ def run_backend(url: str, config: BenchConfig, progress: Progress) -> BackendRes
         )
         progress(f"{kind}: store")
         result.measurements.append(run.store())
+        if kind == "redis" and config.redis_wait is not None:
+            result.measurements.append(run.store_waiting(config.redis_wait))
         for rows in config.scales:
             result.measurements.extend(run.scale(rows))
         return result
