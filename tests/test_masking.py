@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import traceback
 from collections.abc import Iterator
@@ -250,3 +251,13 @@ def test_bench_api_failures_are_masked() -> None:
     report = run_bench(BenchConfig(urls=tuple(_unreachable()[:3]), repeat=1, scales=(0,)))
     assert len(report.failures) == 3
     assert SECRET not in json.dumps(report.to_dict())
+
+
+def test_recorded_benchmark_results_hold_no_store_url() -> None:
+    store_url = re.compile(r"\b(sqlite|postgres\w*|mysql|mariadb|redis\w*|mongo\w*)(\+\w+)?://")
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    recorded = [*folder.glob("results*.json"), folder / "RESULTS.md"]
+    assert len(recorded) >= 2
+    for path in recorded:
+        found = store_url.search(path.read_text(encoding="utf-8"))
+        assert found is None, f"{path.name}: {found and found.group(0)}"
