@@ -8,6 +8,7 @@ the password), closed loopback ports where the failure path is the point.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from libmsilo import MsiloSettings, Silo
+from libmsilo import AsyncSilo, MsiloSettings, Silo
 from libmsilo.bench import BenchConfig, run_bench
 from libmsilo.cli import app
 from libmsilo.errors import MsiloError, SettingsError, StorageError
@@ -202,6 +203,20 @@ def test_api_errors_and_their_causes(logs: pytest.LogCaptureFixture) -> None:
                 silo.close()
         shown = "".join(traceback.format_exception(info.value))
         assert SECRET not in shown, (url, shown)
+
+
+def test_async_api_errors(logs: pytest.LogCaptureFixture) -> None:
+    async def open_and_count(url: str) -> None:
+        silo = await AsyncSilo.from_settings(MsiloSettings(db_url=url, db_timeout=1))
+        try:
+            await silo.count("sip:alice@example.com")
+        finally:
+            await silo.close()
+
+    for url in [*_MALFORMED[:2], *_unreachable()[:3]]:
+        with pytest.raises(MsiloError) as info:
+            asyncio.run(open_and_count(url))
+        assert SECRET not in "".join(traceback.format_exception(info.value)), url
 
 
 def test_settings_errors_do_not_echo_the_input(logs: pytest.LogCaptureFixture) -> None:
