@@ -27,6 +27,7 @@ from rich.table import Table
 
 from . import cli_bench
 from .core import split_owner_uri
+from .drivers.plumbing import ping
 from .errors import InvalidURI, MsiloError, StorageError
 from .masking import mask_url
 from .message import OutgoingMessage, SipRequest
@@ -363,7 +364,7 @@ def stats(
     console = _console()
     if aor is None:
         with _silo(settings) as silo:
-            silo.driver.get(0)  # a read, so an unreachable store or a missing table is reported
+            ping(silo.driver)  # an unreachable store or a missing table is reported
         console.print(
             f"store {mask_url(settings.db_url)}, table {settings.db_table!r}: reachable.\n"
             "The store keeps no global counters: delivery statistics are counted per process "

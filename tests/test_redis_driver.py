@@ -9,7 +9,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from libmsilo.drivers import DriverOptions, NewMessage, StoreLayout, open_driver
+from libmsilo.drivers import DriverOptions, StoreLayout, open_driver
 from libmsilo.drivers import redis as rdriver
 from libmsilo.drivers.redis import BUCKETS, GROUPS, RedisDriver, open_redis, owner_group
 from libmsilo.errors import SettingsError, StorageError, StorageUnavailable
@@ -326,23 +326,6 @@ def test_cluster_url_takes_several_nodes_and_credentials() -> None:
     nodes, kwargs = rdriver._cluster_nodes("redis+cluster://u%40x:p%3Aw@h1:7000,h2,[::1]:7002/")
     assert [(n.host, n.port) for n in nodes] == [("h1", 7000), ("h2", 6379), ("::1", 7002)]
     assert kwargs == {"username": "u@x", "password": "p:w"}
-
-
-def test_new_message_text_survives_surrogates(driver: RedisDriver) -> None:
-    msg = NewMessage(
-        src_addr="sip:\udcff@example.com",
-        dst_addr="sip:alice@example.com",
-        username="alice",
-        domain="example.com",
-        body=b"",
-        ctype="text/plain",
-        inc_time=NOW,
-        exp_time=NOW + 10,
-    )
-    mid = driver.insert(msg)
-    assert mid is not None
-    stored = driver.get(mid)
-    assert stored is not None and stored.src_addr == msg.src_addr and stored.body == b""
 
 
 def test_rediss_url_speaks_tls(redis_tls_url: str) -> None:

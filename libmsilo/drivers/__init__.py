@@ -13,9 +13,10 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from ..errors import SettingsError
-from ..masking import mask_url
 from ..records import DriverOptions, NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from . import schemes
 from .base import Driver
+from .schemes import SCHEMES
 
 __all__ = [
     "Driver",
@@ -32,22 +33,6 @@ __all__ = [
 
 DriverFactory = Callable[[str, StoreLayout, DriverOptions], Driver]
 
-# scheme -> (module, factory name, extra that installs its dependency)
-_BUILTIN: dict[str, tuple[str, str, str | None]] = {
-    "memory": ("libmsilo.drivers.memory", "open_memory", None),
-    "sqlite": ("libmsilo.drivers.sql", "open_sql", None),
-    "postgresql": ("libmsilo.drivers.sql", "open_sql", "postgres"),
-    "postgres": ("libmsilo.drivers.sql", "open_sql", "postgres"),
-    "mysql": ("libmsilo.drivers.sql", "open_sql", "mysql"),
-    "mariadb": ("libmsilo.drivers.sql", "open_sql", "mysql"),
-    "mongodb": ("libmsilo.drivers.mongo", "open_mongo", "mongo"),
-    "mongodb+srv": ("libmsilo.drivers.mongo", "open_mongo", "mongo"),
-    "mongomock": ("libmsilo.drivers.mongo", "open_mongo", "mongo"),
-    "redis": ("libmsilo.drivers.redis", "open_redis", "redis"),
-    "rediss": ("libmsilo.drivers.redis", "open_redis", "redis"),
-    "redis+cluster": ("libmsilo.drivers.redis", "open_redis", "redis"),
-}
-
 _registered: dict[str, DriverFactory] = {}
 
 
@@ -58,23 +43,18 @@ def register_driver(scheme: str, factory: DriverFactory) -> None:
 
 def url_scheme(url: str) -> str:
     """The scheme of a driver URL, lower-cased, without a SQLAlchemy ``+dbapi`` suffix
-    (``redis+cluster`` and ``mongodb+srv`` are schemes of their own)."""
-    scheme, sep, _ = url.partition("://")
-    if not sep or not scheme:
-        raise SettingsError(f"db_url: {mask_url(url)!r} is not a URL (scheme://...)")
-    scheme = scheme.lower()
-    if scheme in _BUILTIN or scheme in _registered:
-        return scheme
-    return scheme.split("+", 1)[0]
+    (``redis+cluster``, ``mongodb+srv`` and registered schemes are schemes of their own)."""
+    return schemes.url_scheme(url, set(_registered))
 
 
 def _find(scheme: str) -> DriverFactory:
     if scheme in _registered:
         return _registered[scheme]
-    if scheme in _BUILTIN:
-        module_name, attr, extra = _BUILTIN[scheme]
+    builtin = SCHEMES.get(scheme)
+    if builtin is not None:
+        extra = builtin.extra
         try:
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(builtin.module)
         except ImportError as exc:
             if (exc.name or "").startswith("libmsilo"):
                 raise  # a broken libmsilo module, not a missing optional package
@@ -82,7 +62,7 @@ def _find(scheme: str) -> DriverFactory:
             raise SettingsError(
                 f"db_url: the {scheme!r} driver needs a missing package ({exc.name}){hint}"
             ) from exc
-        factory: DriverFactory = getattr(module, attr)
+        factory: DriverFactory = getattr(module, builtin.factory)
         return factory
     for ep in entry_points(group="libmsilo.drivers"):
         if ep.name.lower() == scheme:

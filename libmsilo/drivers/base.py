@@ -32,7 +32,28 @@ __all__ = [
 
 @runtime_checkable
 class Driver(Protocol):
-    """What every storage backend implements; each method is one atomic step."""
+    """What every storage backend implements; each method is one atomic step.
+
+    Values a driver accepts (checked before the backend is asked anything, the same way on every
+    built-in driver; see :mod:`libmsilo.drivers.plumbing`):
+
+    - times (``inc_time``, ``exp_time``, ``snd_time``, ``now``, ``lease_until``) are int epoch
+      seconds in int64; a message's times are in ``[0, 2**63 - 1]``; they are stored exactly,
+      and compared exactly below ``2**53`` (Redis compares them as doubles);
+    - text (addresses, owner, Content-Type, token) is ``str`` that UTF-8 can encode (no lone
+      surrogates); bodies are ``bytes``, returned byte-exact; a backend may refuse values its
+      columns cannot hold (a legacy table's 32-bit times, ``VARCHAR`` widths);
+    - a lease token has 1 to 64 characters;
+    - a message id (mid) is an ``int`` (not a ``bool``); an id outside ``[0, 2**63 - 1]`` names
+      no row (``get`` returns None, ``delete`` False, ``release`` NOT_FOUND).
+
+    Errors: a value outside these ranges or types raises
+    :class:`~libmsilo.errors.InvalidRequest` (nothing stored, no quota slot taken); a backend that
+    cannot be reached (refused, timed out, lost, driver closed) raises
+    :class:`~libmsilo.errors.StorageUnavailable`; any other backend failure raises
+    :class:`~libmsilo.errors.StorageError` with the backend's exception as ``__cause__``. No
+    other exception leaves a driver method.
+    """
 
     def create_schema(self) -> None:
         """Create the table (collection, scripts) and its indexes if missing, safely when many
@@ -47,10 +68,16 @@ class Driver(Protocol):
         version, one version at a time, keeping its rows; idempotent, safe to run at once from
         several processes."""
 
+    def ping(self) -> None:
+        """Return when the backend answers and the store is usable; raise
+        :class:`~libmsilo.errors.StorageUnavailable` (or :class:`~libmsilo.errors.StorageError`,
+        e.g. no table) otherwise. A health check: it changes nothing."""
+
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
-        """Store ``msg`` and return its id; ``None`` when the owner already holds
-        ``max_messages`` unexpired messages (``exp_time > msg.inc_time``), checked atomically.
-        ``max_messages <= 0`` means no quota."""
+        """Store ``msg`` and return its id (``>= 1``, increasing); ``None`` when the owner
+        already holds ``max_messages`` unexpired messages (``exp_time > msg.inc_time``), checked
+        atomically. ``max_messages <= 0`` means no quota. A failed insert stores nothing and
+        leaves no quota slot taken."""
 
     def claim(
         self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
@@ -91,4 +118,5 @@ class Driver(Protocol):
         """Delete rows with ``exp_time <= now``; return how many."""
 
     def close(self) -> None:
-        """Release connections; the driver is unusable afterwards."""
+        """Release connections; the driver is unusable afterwards (later calls raise
+        :class:`~libmsilo.errors.StorageUnavailable` or :class:`~libmsilo.errors.StorageError`)."""

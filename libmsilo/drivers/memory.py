@@ -7,12 +7,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .plumbing import DriverBase, storage_step
 from .schema_version import SCHEMA_VERSION
 
 __all__ = ["MemoryDriver", "open_memory"]
 
 
-class MemoryDriver:
+class MemoryDriver(DriverBase):
     """Keeps every row in a dict; each method runs under one lock, so every step is atomic."""
 
     def __init__(self) -> None:
@@ -40,6 +41,7 @@ class MemoryDriver:
             if row.username == username and row.domain == domain:
                 yield row
 
+    @storage_step
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
         """Store ``msg`` unless its owner is at quota."""
         with self._lock:
@@ -77,6 +79,7 @@ class MemoryDriver:
                     break
             return claimed
 
+    @storage_step
     def claim(
         self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
@@ -89,17 +92,20 @@ class MemoryDriver:
             limit,
         )
 
+    @storage_step
     def claim_due_reminders(
         self, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
         """Lease the reminders whose send time has come."""
         return self._lease(lambda r: 0 < r.snd_time <= now, now, lease_until, token, limit)
 
+    @storage_step
     def delete(self, mid: int) -> bool:
         """Delete one row."""
         with self._lock:
             return self._rows.pop(mid, None) is not None
 
+    @storage_step
     def release(
         self, mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
     ) -> ReleaseResult:
@@ -123,11 +129,13 @@ class MemoryDriver:
             )
             return ReleaseResult.RELEASED
 
+    @storage_step
     def count(self, username: str, domain: str, now: int) -> int:
         """Number of the owner's unexpired messages."""
         with self._lock:
             return sum(1 for r in self._owned(username, domain) if r.exp_time > now)
 
+    @storage_step
     def list(self, username: str, domain: str, now: int, limit: int = 0) -> list[StoredMessage]:
         """The owner's unexpired messages in id order."""
         with self._lock:
@@ -137,11 +145,13 @@ class MemoryDriver:
             )
         return rows[:limit] if limit > 0 else rows
 
+    @storage_step
     def get(self, mid: int) -> StoredMessage | None:
         """One row by id."""
         with self._lock:
             return self._rows.get(mid)
 
+    @storage_step
     def purge(self, username: str, domain: str) -> int:
         """Delete every row of the owner."""
         with self._lock:
@@ -150,6 +160,7 @@ class MemoryDriver:
                 del self._rows[mid]
             return len(mids)
 
+    @storage_step
     def delete_expired(self, now: int) -> int:
         """Delete rows with ``exp_time <= now``."""
         with self._lock:

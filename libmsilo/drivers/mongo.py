@@ -74,7 +74,6 @@ Schema version
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import secrets
 import threading
@@ -82,11 +81,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from bson.binary import Binary
-from bson.errors import BSONError
+from bson.errors import BSONError, InvalidDocument
 from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
@@ -103,7 +102,9 @@ from pymongo.errors import (
 from ..errors import SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .plumbing import DriverBase, ErrorTable, storage_step
 from .schema_version import SCHEMA_VERSION, check_version
+from .schemes import scheme_of
 
 __all__ = ["DEFAULT_TTL_DELAY", "MongoDriver", "open_mongo", "open_mongomock"]
 
@@ -135,24 +136,6 @@ _CLAIM_BATCH = 1000  # candidate ids per claim round (the size of one ``$in`` li
 _REMEMBERED = 100_000  # claimed rows whose owner and counter epoch the driver keeps for delete
 _INVALID_DB_CHARS = frozenset('/\\. "$\x00')
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _storage_step(method: Callable[P, R]) -> Callable[P, R]:
-    """Wrap pymongo and BSON errors into the libmsilo hierarchy (original as ``__cause__``)."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except ConnectionFailure as exc:  # includes AutoReconnect, ServerSelectionTimeoutError
-            raise StorageUnavailable(f"MongoDB unreachable: {exc}") from exc
-        except (PyMongoError, BSONError) as exc:
-            raise StorageError(f"MongoDB error: {exc}") from exc
-
-    return wrapper
-
 
 def _as_date(epoch: int) -> datetime | None:
     try:
@@ -161,29 +144,25 @@ def _as_date(epoch: int) -> datetime | None:
         return None  # outside the datetime range: the TTL backstop ignores the row
 
 
-def _int64(name: str, value: int) -> Int64:
-    if not -(2**63) <= value < 2**63:
-        raise ValueError(f"{name} {value} does not fit in 64 bits")
-    return Int64(value)
-
-
 def _new_epoch() -> str:
     return secrets.token_hex(8)
-
-
-def _text(name: str, value: object) -> str:
-    # A dict here would become a query operator; only plain strings are matched.
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    return value
 
 
 class _Closeable(Protocol):
     def close(self) -> None: ...
 
 
-class MongoDriver:
+class MongoDriver(DriverBase):
     """The :class:`~libmsilo.drivers.base.Driver` on one MongoDB database."""
+
+    # ConnectionFailure includes AutoReconnect and ServerSelectionTimeoutError. Nothing is
+    # retried here: pymongo retries reads and single-document writes once itself.
+    errors = ErrorTable(
+        "MongoDB",
+        unavailable=(ConnectionFailure,),
+        failed=(PyMongoError, BSONError),
+        invalid=(UnicodeError, OverflowError, InvalidDocument),  # incl. DocumentTooLarge
+    )
 
     def __init__(
         self,
@@ -242,9 +221,9 @@ class MongoDriver:
     def _owners(self) -> Collection[Doc]:
         return self._collection(2)
 
-    def _owner(self, username: object, domain: object) -> Doc:
+    def _owner(self, username: str, domain: str) -> Doc:
         lay = self._layout
-        return {lay.username: _text("username", username), lay.domain: _text("domain", domain)}
+        return {lay.username: username, lay.domain: domain}
 
     def _owner_of(self, doc: Mapping[str, Any]) -> Doc:
         lay = self._layout
@@ -259,17 +238,17 @@ class MongoDriver:
         return {"$set": {lay.lease_token: token, lay.lease_until: Int64(lease_until)}}
 
     def _document(self, msg: NewMessage) -> Doc:
-        """The row without its ``_id``; checks the values before any quota slot is taken."""
+        """The row without its ``_id`` (values checked by :func:`.plumbing.check_message`)."""
         lay = self._layout
         doc: Doc = {
-            lay.src_addr: _text("src_addr", msg.src_addr),
-            lay.dst_addr: _text("dst_addr", msg.dst_addr),
+            lay.src_addr: msg.src_addr,
+            lay.dst_addr: msg.dst_addr,
             **self._owner(msg.username, msg.domain),
             lay.body: Binary(bytes(msg.body)),
-            lay.ctype: _text("ctype", msg.ctype),
-            lay.inc_time: _int64("inc_time", msg.inc_time),
-            lay.exp_time: _int64("exp_time", msg.exp_time),
-            lay.snd_time: _int64("snd_time", msg.snd_time),
+            lay.ctype: msg.ctype,
+            lay.inc_time: Int64(msg.inc_time),
+            lay.exp_time: Int64(msg.exp_time),
+            lay.snd_time: Int64(msg.snd_time),
             lay.lease_token: None,
             lay.lease_until: None,
             lay.attempts: 0,
@@ -304,7 +283,7 @@ class MongoDriver:
 
     # ---- schema ---------------------------------------------------------------------------------
 
-    @_storage_step
+    @storage_step
     def create_schema(self) -> None:
         """Create the indexes (the collections appear with them), seed the id sequence and
         record the schema version; a store at another version is refused. Every step may run in
@@ -327,7 +306,7 @@ class MongoDriver:
     def _describe(self) -> str:
         return f"the MongoDB collection {self._layout.table!r}"
 
-    @_storage_step
+    @storage_step
     def schema_version(self) -> int | None:
         """The store's libmsilo schema version; None when none is recorded."""
         doc = self._counters.find_one({"_id": _SCHEMA_ID})
@@ -355,13 +334,13 @@ class MongoDriver:
             {"_id": _SEQUENCE_ID}, {"$max": {"seq": Int64(highest)}}, upsert=True
         )
 
-    @_storage_step
+    @storage_step
     def drop_schema(self) -> None:
         """Drop the message, sequence and owner collections."""
         for name in self._names:
             self._database.drop_collection(name)
 
-    @_storage_step
+    @storage_step
     def migrate(self) -> None:
         """Record the current schema version: documents are schemaless, and the fields a
         version adds (leases, Kamailio's ``extra_hdrs`` and ``callid``) read as unset when
@@ -373,9 +352,14 @@ class MongoDriver:
         if found is not None and found > SCHEMA_VERSION:
             check_version(found, self._describe())
 
+    @storage_step
+    def ping(self) -> None:
+        """Ask the server for a ``ping``."""
+        self._database.command("ping")
+
     # ---- insert and quota ----------------------------------------------------------------------
 
-    @_storage_step
+    @storage_step
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
         """Store ``msg``; ``None`` when the owner holds ``max_messages`` unexpired rows."""
         doc = self._document(msg)
@@ -385,11 +369,13 @@ class MongoDriver:
             return None
         try:
             return self._insert_row(doc)
-        except (OperationFailure, BSONError):
+        except ConnectionFailure:
+            # The row may have landed: the slot stays taken until the re-sync, never too low.
+            raise
+        except Exception:
             # The server (or the encoder) refused the row, so nothing was stored: give the slot
-            # back. After a connection error the row may have landed; the slot then stays taken
-            # until the re-sync, never too low.
-            self._owners.update_one({"_id": owner, _EPOCH: epoch}, {"$inc": {_COUNT: -1}})
+            # back.
+            self._give_back(owner, epoch, 1)
             raise
 
     def _next_mid(self) -> int:
@@ -530,7 +516,7 @@ class MongoDriver:
 
     # ---- claims ---------------------------------------------------------------------------------
 
-    @_storage_step
+    @storage_step
     def claim(
         self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
@@ -546,7 +532,7 @@ class MongoDriver:
         }
         return self._lease(eligible, owner, now, lease_until, token, limit)
 
-    @_storage_step
+    @storage_step
     def claim_due_reminders(
         self, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
@@ -571,7 +557,7 @@ class MongoDriver:
         """Lease rows matching ``eligible`` (``owner``: the owner they all belong to, or {}) in
         id order, at most ``limit`` when > 0; remember their owners' counter epochs."""
         lay = self._layout
-        update = self._lease_set(_text("token", token), lease_until)
+        update = self._lease_set(token, lease_until)
         ours: Doc = {**owner, lay.lease_token: token, lay.lease_until: Int64(lease_until)}
         claimed: list[StoredMessage] = []
         last: int | None = None
@@ -614,7 +600,7 @@ class MongoDriver:
 
     # ---- reply outcomes -------------------------------------------------------------------------
 
-    @_storage_step
+    @storage_step
     def delete(self, mid: int) -> bool:
         """Delete one row; False when it did not exist."""
         lay = self._layout
@@ -629,7 +615,7 @@ class MongoDriver:
             return False
         return self._remove(self._owner_of(row), {"_id": mid}, single=True) > 0
 
-    @_storage_step
+    @storage_step
     def release(
         self, mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
     ) -> ReleaseResult:
@@ -661,14 +647,14 @@ class MongoDriver:
 
     # ---- inbox and housekeeping -----------------------------------------------------------------
 
-    @_storage_step
+    @storage_step
     def count(self, username: str, domain: str, now: int) -> int:
         """Number of the owner's unexpired rows (reminders included)."""
         return self._rows.count_documents(
             {**self._owner(username, domain), self._layout.exp_time: {"$gt": now}}
         )
 
-    @_storage_step
+    @storage_step
     def list(self, username: str, domain: str, now: int, limit: int = 0) -> list[StoredMessage]:
         """The owner's unexpired rows in id order, not leased."""
         docs = self._rows.find(
@@ -678,18 +664,18 @@ class MongoDriver:
         )
         return [self._stored(doc) for doc in docs]
 
-    @_storage_step
+    @storage_step
     def get(self, mid: int) -> StoredMessage | None:
         """One row by id, expired or not."""
         doc = self._rows.find_one({"_id": mid})
         return None if doc is None else self._stored(doc)
 
-    @_storage_step
+    @storage_step
     def purge(self, username: str, domain: str) -> int:
         """Delete every row of the owner."""
         return self._remove(self._owner(username, domain), {})
 
-    @_storage_step
+    @storage_step
     def delete_expired(self, now: int) -> int:
         """Delete rows with ``exp_time <= now``: per batch, read the owners' counter epochs at
         once, delete each owner's counted rows, then every uncounted one, then give the slots
@@ -746,7 +732,7 @@ def open_mongo(url: str, layout: StoreLayout, options: DriverOptions) -> MongoDr
     The database is the URL's path (default ``msilo``). ``options.timeout`` becomes the server
     selection, connect and socket timeouts unless the URL sets them itself.
     """
-    if url.partition("://")[0].lower() == "mongomock":
+    if scheme_of(url, "mongo").backend == "mongomock":
         name = urlsplit(url).path.lstrip("/") or DEFAULT_DATABASE
         return open_mongomock(name, layout, timeout=options.timeout)
     given = {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
@@ -784,7 +770,7 @@ def open_mongomock(
     except ImportError as exc:
         raise SettingsError(
             "db_url: mongomock:// needs the mongomock package; "
-            "install it with: pip install 'libmsilo[mongo]'"
+            "install it with: pip install 'libmsilo[testing]'"
         ) from exc
     if not database or len(database) > 63 or _INVALID_DB_CHARS & set(database):
         raise SettingsError(f"db_url: {database!r} is not a valid MongoDB database name")

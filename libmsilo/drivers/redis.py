@@ -39,7 +39,7 @@ import logging
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -48,13 +48,15 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from ..errors import SettingsError, StorageError, StorageUnavailable
+from ..errors import SettingsError, StorageUnavailable
 from ..masking import mask_url
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .plumbing import DriverBase, ErrorTable, storage_step
 from .redis_durability import WaitPolicy, prepare
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
 from .schema_version import SCHEMA_VERSION, check_version
+from .schemes import scheme_of
 
 __all__ = ["BUCKETS", "GROUPS", "RedisDriver", "open_redis", "owner_group"]
 
@@ -92,27 +94,10 @@ if old < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return old
 """
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 Client = redis.Redis | RedisCluster
 #: One script call: (script name, keys, arguments after the bucket base).
 Call = tuple[str, Sequence[bytes], Sequence[bytes | int | str]]
-
-
-def _storage_errors(method: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Re-raise redis-py exceptions as StorageError / StorageUnavailable."""
-
-    @functools.wraps(method)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(*args, **kwargs)
-        except _UNAVAILABLE as exc:
-            raise StorageUnavailable(f"redis: {exc}") from exc
-        except (rexc.RedisError, OSError) as exc:
-            raise StorageError(f"redis: {exc}") from exc
-
-    return wrapper
 
 
 def _text(value: str) -> bytes:
@@ -161,8 +146,11 @@ def _record(values: Sequence[Any]) -> StoredMessage:
     )
 
 
-class RedisDriver:
+class RedisDriver(DriverBase):
     """Stores messages in Redis hashes and sorted sets; every per-owner step is one Lua script."""
+
+    # redis-py retries a dropped connection itself (see open_redis); nothing is retried here.
+    errors = ErrorTable("redis", unavailable=_UNAVAILABLE, failed=(rexc.RedisError, OSError))
 
     def __init__(
         self,
@@ -333,7 +321,7 @@ class RedisDriver:
 
     # ---- schema -------------------------------------------------------------------------------
 
-    @_storage_errors
+    @storage_step
     def create_schema(self) -> None:
         """Load the scripts (on every primary in cluster mode) and record the schema version;
         a store at another version is refused (:func:`.schema_version.check_version`)."""
@@ -348,13 +336,13 @@ class RedisDriver:
     def _describe(self) -> str:
         return f"the Redis store {self._prefix.decode(errors='replace')!r}"
 
-    @_storage_errors
+    @storage_step
     def schema_version(self) -> int | None:
         """The store's libmsilo schema version; None when none is recorded."""
         found = self.client.get(self._version_key)
         return None if found is None else int(found)
 
-    @_storage_errors
+    @storage_step
     def drop_schema(self) -> None:
         """Delete every key under the prefix (scanning each primary in cluster mode)."""
         client = self.client
@@ -384,7 +372,7 @@ class RedisDriver:
             pipe.unlink(key)
         pipe.execute()
 
-    @_storage_errors
+    @storage_step
     def migrate(self) -> None:
         """Record the current schema version: every version so far is the same hashes (fields a
         message lacks read as empty), and Redis stores have no OpenSIPS/Kamailio ancestor."""
@@ -392,9 +380,14 @@ class RedisDriver:
         if before > SCHEMA_VERSION:
             check_version(before, self._describe())
 
+    @storage_step
+    def ping(self) -> None:
+        """PING the server (a cluster: every node redis-py knows)."""
+        self.client.ping()
+
     # ---- storing and claiming ---------------------------------------------------------------
 
-    @_storage_errors
+    @storage_step
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
         """Store ``msg`` unless its owner is at quota (checked inside the insert script)."""
         group, exp_key, off_key = _owner_keys(self._prefix, msg.username, msg.domain)
@@ -432,7 +425,7 @@ class RedisDriver:
             raise
         return mid
 
-    @_storage_errors
+    @storage_step
     def claim(
         self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
@@ -442,7 +435,7 @@ class RedisDriver:
         rows = self._run("claim", (off_key,), (msg_base, now, lease_until, _text(token), limit))
         return [_record(r) for r in rows]
 
-    @_storage_errors
+    @storage_step
     def claim_due_reminders(
         self, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
@@ -478,7 +471,7 @@ class RedisDriver:
 
     # ---- delivery outcomes --------------------------------------------------------------------
 
-    @_storage_errors
+    @storage_step
     def delete(self, mid: int) -> bool:
         """Delete one message, then its bucket entries."""
         group_base = _group_base(self._prefix, mid % GROUPS)
@@ -487,7 +480,7 @@ class RedisDriver:
             self._unindex([mid], also_exp=True)
         return deleted
 
-    @_storage_errors
+    @storage_step
     def release(
         self, mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
     ) -> ReleaseResult:
@@ -512,13 +505,13 @@ class RedisDriver:
 
     # ---- inbox and housekeeping ---------------------------------------------------------------
 
-    @_storage_errors
+    @storage_step
     def count(self, username: str, domain: str, now: int) -> int:
         """Number of the owner's unexpired messages."""
         _, exp_key, _ = _owner_keys(self._prefix, username, domain)
         return int(self.client.zcount(exp_key, f"({now}", "+inf"))
 
-    @_storage_errors
+    @storage_step
     def list(self, username: str, domain: str, now: int, limit: int = 0) -> list[StoredMessage]:
         """The owner's unexpired messages in id order (one script, nothing leased)."""
         group, exp_key, _ = _owner_keys(self._prefix, username, domain)
@@ -526,7 +519,7 @@ class RedisDriver:
         rows = self._run("list", [exp_key], [msg_base, now, limit])
         return [_record(r) for r in rows]
 
-    @_storage_errors
+    @storage_step
     def get(self, mid: int) -> StoredMessage | None:
         """One message by id, expired or not."""
         values = self.client.hmget(self._msg_key(mid), self._record_names)
@@ -534,7 +527,7 @@ class RedisDriver:
             return None
         return _record(values)
 
-    @_storage_errors
+    @storage_step
     def purge(self, username: str, domain: str) -> int:
         """Delete every message of the owner; returns how many."""
         group, exp_key, off_key = _owner_keys(self._prefix, username, domain)
@@ -543,7 +536,7 @@ class RedisDriver:
         self._unindex(_ints(mids), also_exp=True)
         return int(count)
 
-    @_storage_errors
+    @storage_step
     def delete_expired(self, now: int) -> int:
         """Delete messages with ``exp_time <= now``: per round, one pipeline reads a page of
         every bucket's expiry index and one pipeline of per-group scripts deletes them."""
@@ -647,9 +640,9 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
     wait = WaitPolicy(options.wait_replicas, options.wait_timeout, options.wait_aof)
     # A reply may take the wait on top of the step: the socket must not give up first.
     timeout = options.timeout + (wait.timeout if wait.enabled else 0.0)
-    scheme = url.split("://", 1)[0].lower()
+    scheme = scheme_of(url, "redis")
     connect: Callable[[], Client]
-    if scheme == "redis+cluster":
+    if scheme.backend == "redis+cluster":
         nodes, kwargs = _cluster_nodes(url)
 
         def connect() -> Client:
@@ -661,7 +654,7 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
                 **kwargs,
             )
 
-    elif scheme in ("redis", "rediss"):
+    else:
         try:
             urlsplit(url).port  # noqa: B018 - validates the port now, not on first use
         except ValueError as exc:
@@ -677,6 +670,4 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
                 retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
             )
 
-    else:
-        raise SettingsError(f"db_url: {mask_url(url)!r} is not a Redis URL")
     return RedisDriver(connect, layout, wait=wait, where=mask_url(url))

@@ -21,9 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -35,9 +33,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, StaticPool
 
 from ..errors import InvalidRequest, MsiloError, SettingsError, StorageError, StorageUnavailable
-from ..masking import mask_url
 from . import DriverOptions
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .plumbing import DriverBase, ErrorTable, storage_step
+from .schemes import SCHEMES, scheme_of
 from .sql_migrate import check_schema, create_schema, drop_schema, migrate_schema, read_version
 from .sql_ops import NO_LIMIT, SqlOps
 from .sql_pool import ConnectionStack, PooledConnection, is_retryable, step_bound, storage_error
@@ -49,26 +48,16 @@ log = logging.getLogger("libmsilo")
 T = TypeVar("T")
 
 _TRIES = 5  # attempts of a step that hit a deadlock or serialization failure
-_EXTRAS = {"postgresql": "postgres", "mysql": "mysql"}
 
 
 def sql_url(url: str) -> sa.URL:
     """The SQLAlchemy URL for a driver URL: ``postgres``/bare ``postgresql`` use psycopg 3,
     ``mariadb`` and bare ``mysql`` use PyMySQL (through SQLAlchemy's ``mysql`` dialect)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise SettingsError(f"db_url: {mask_url(url)!r} is not a URL (scheme://...)")
-    base, _, dbapi = scheme.lower().partition("+")
-    if base in ("postgres", "postgresql"):
-        name = f"postgresql+{dbapi or 'psycopg'}"
-    elif base in ("mysql", "mariadb"):
-        name = f"mysql+{dbapi or 'pymysql'}"
-    elif base == "sqlite":
-        name = f"sqlite+{dbapi}" if dbapi else "sqlite"
-    else:
-        raise SettingsError(f"db_url: {scheme!r} is not a SQL scheme")
+    scheme = scheme_of(url, "sql")
+    dbapi = url.partition("://")[0].lower().partition("+")[2] or scheme.dbapi
+    name = f"{scheme.backend}+{dbapi}" if dbapi else scheme.backend
     try:
-        return sa.make_url(f"{name}://{rest}")
+        return sa.make_url(f"{name}://{url.partition('://')[2]}")
     except (sa.exc.ArgumentError, ValueError) as exc:
         raise SettingsError(f"db_url: {exc}") from exc
 
@@ -172,7 +161,7 @@ def _engine(url: sa.URL, timeout: float, *, bounded: bool) -> Engine:
             connect_args=_connect_args(url, timeout, bounded),
         )
     except ImportError as exc:
-        extra = _EXTRAS.get(backend)
+        extra = SCHEMES[backend].extra if backend in SCHEMES else None
         hint = f"; install it with: pip install 'libmsilo[{extra}]'" if extra else ""
         raise SettingsError(f"db_url: {url.drivername} needs a missing package{hint}") from exc
     except (sa.exc.ArgumentError, TypeError) as exc:
@@ -181,7 +170,7 @@ def _engine(url: sa.URL, timeout: float, *, bounded: bool) -> Engine:
     return engine
 
 
-class SqlDriver:
+class SqlDriver(DriverBase):
     """Stores messages in one SQL table (see :mod:`libmsilo.drivers.sql_schema`)."""
 
     def __init__(self, url: sa.URL, layout: StoreLayout, options: DriverOptions) -> None:
@@ -192,6 +181,13 @@ class SqlDriver:
         self._engine = _engine(url, options.timeout, bounded=True)
         self._dialect = self._engine.dialect
         self._dbapi_error: type[Exception] = self._dialect.loaded_dbapi.Error
+        # Whether a failure means a lost server depends on the dialect: see _translate.
+        self.errors = ErrorTable(
+            "database",
+            failed=(sa.exc.SQLAlchemyError, self._dbapi_error, OSError),
+            retryable=is_retryable,
+            tries=_TRIES,
+        )
         single = url.get_backend_name() == "sqlite" and _memory_db(url)
         self._pool = ConnectionStack(self._engine, single=single, bound=step_bound(options.timeout))
         self._table = build_table(layout, sa.MetaData())
@@ -223,10 +219,6 @@ class SqlDriver:
                 raise storage_error(exc, self._dialect, None, connecting=True) from exc
             with sa_conn:
                 yield sa_conn
-        except MsiloError:
-            raise
-        except (sa.exc.SQLAlchemyError, self._dbapi_error, OSError) as exc:
-            raise storage_error(exc, self._dialect, None) from exc
         finally:
             if held is not None:
                 self._pool.checkin(held)
@@ -254,32 +246,32 @@ class SqlDriver:
         row = conn.cursor.fetchone()
         return int(row[0]) if row and row[0] else None
 
+    def _translate(self, exc: BaseException, context: object = None) -> BaseException:
+        """StorageUnavailable when the server cannot be reached or ``context`` (the step's
+        :class:`PooledConnection`) was lost; the error table for everything else."""
+        if isinstance(exc, self.errors.failed) and not isinstance(exc, MsiloError):
+            conn = context if isinstance(context, PooledConnection) else None
+            return storage_error(exc, self._dialect, conn)
+        return super()._translate(exc)
+
     def _run(self, step: Callable[[PooledConnection], T]) -> T:
-        """Run one step on a pooled connection; map errors and retry deadlocks."""
-        for attempt in range(_TRIES):
-            conn = self._pool.checkout()
-            try:
-                result = step(conn)
-            except BaseException as exc:
-                error = self._fail(conn, exc)
-                if attempt + 1 < _TRIES and is_retryable(exc):
-                    time.sleep(random.uniform(0.001, 0.005) * 2**attempt)
-                    continue
-                if error is exc:
-                    raise
-                raise error from exc
-            self._pool.checkin(conn)
-            return result
-        raise AssertionError("unreachable")  # the loop returns or raises
+        """Run ``step`` on a pooled connection; a failure is rolled back and raised translated
+        (the method's :func:`storage_step` retries deadlocks)."""
+        conn = self._pool.checkout()
+        try:
+            result = step(conn)
+        except BaseException as exc:
+            error = self._fail(conn, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        self._pool.checkin(conn)
+        return result
 
     def _fail(self, conn: PooledConnection, exc: BaseException) -> BaseException:
         """Roll back the failed step and give the connection back (or drop it when lost or in
         an unknown state); the error to raise for ``exc``."""
-        error: BaseException = exc
-        if isinstance(exc, UnicodeError):
-            error = InvalidRequest(f"text cannot be stored: {exc}")
-        elif isinstance(exc, (sa.exc.SQLAlchemyError, self._dbapi_error, OSError)):
-            error = storage_error(exc, self._dialect, conn)
+        error = self._translate(exc, conn)
         healthy = isinstance(error, MsiloError) and not isinstance(error, StorageUnavailable)
         if healthy:
             try:
@@ -300,6 +292,7 @@ class SqlDriver:
 
     # ---- schema -------------------------------------------------------------------------------
 
+    @storage_step
     def create_schema(self) -> None:
         """Create the table and its indexes if missing (safe from many processes at once);
         an existing table must be at this libmsilo's schema version (else
@@ -308,12 +301,14 @@ class SqlDriver:
             create_schema(conn, self.layout)
         self._limits = None
 
+    @storage_step
     def drop_schema(self) -> None:
         """Drop the table (with its indexes) and its schema version."""
         with self._schema_conn() as conn:
             drop_schema(conn, self.layout)
         self._limits = None
 
+    @storage_step
     def migrate(self) -> None:
         """Take an OpenSIPS/Kamailio table or an older libmsilo one to the current schema
         version step by step, keeping its rows (safe from many processes at once)."""
@@ -321,6 +316,7 @@ class SqlDriver:
             migrate_schema(conn, self.layout)
         self._limits = None
 
+    @storage_step
     def schema_version(self) -> int | None:
         """The table's libmsilo schema version; None when it does not exist."""
         with self._schema_conn() as conn:
@@ -328,6 +324,7 @@ class SqlDriver:
 
     # ---- messages -----------------------------------------------------------------------------
 
+    @storage_step
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
         """Store ``msg``; None when the owner already holds ``max_messages`` live messages."""
         ops = self._ready()
@@ -355,16 +352,12 @@ class SqlDriver:
         }
         return self._run(lambda c: ops.insert(c.cursor, c.dbapi, dict(params), max_messages))
 
-    def _check_token(self, token: str) -> None:
-        if len(token) > 64:
-            raise InvalidRequest("lease token longer than 64 characters")
-
+    @storage_step
     def claim(
         self, username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
         """Lease the owner's unexpired, unleased offline messages to ``token``, in id order."""
         ops = self._ready()
-        self._check_token(token)
         params = {
             "u": username,
             "d": domain,
@@ -375,12 +368,12 @@ class SqlDriver:
         }
         return self._run(lambda c: ops.claim(c.cursor, c.dbapi, params, False))
 
+    @storage_step
     def claim_due_reminders(
         self, now: int, lease_until: int, token: str, limit: int = 0
     ) -> list[StoredMessage]:
         """Lease due reminders (``0 < snd_time <= now``) of every owner, in id order."""
         ops = self._ready()
-        self._check_token(token)
         params = {
             "now": now,
             "lu": lease_until,
@@ -389,11 +382,13 @@ class SqlDriver:
         }
         return self._run(lambda c: ops.claim(c.cursor, c.dbapi, params, True))
 
+    @storage_step
     def delete(self, mid: int) -> bool:
         """Delete one row; False when it did not exist."""
         ops = self._ready()
         return self._run(lambda c: ops.changed(ops.delete_sql, c.cursor, {"mid": mid}) > 0)
 
+    @storage_step
     def release(
         self, mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
     ) -> ReleaseResult:
@@ -403,33 +398,44 @@ class SqlDriver:
             lambda c: ops.release(c.cursor, c.dbapi, mid, token, to_offline, max_attempts)
         )
 
+    @storage_step
     def count(self, username: str, domain: str, now: int) -> int:
         """Number of the owner's unexpired messages."""
         ops = self._ready()
         params = {"u": username, "d": domain, "now": now}
         return self._run(lambda c: ops.count(c.cursor, params))
 
+    @storage_step
     def list(self, username: str, domain: str, now: int, limit: int = 0) -> list[StoredMessage]:
         """The owner's unexpired messages in id order, not leased."""
         ops = self._ready()
         params = {"u": username, "d": domain, "now": now, "lim": limit if limit > 0 else NO_LIMIT}
         return self._run(lambda c: ops.list(c.cursor, params))
 
+    @storage_step
     def get(self, mid: int) -> StoredMessage | None:
         """One row by id, expired or not."""
         ops = self._ready()
         return self._run(lambda c: ops.get(c.cursor, mid))
 
+    @storage_step
     def purge(self, username: str, domain: str) -> int:
         """Delete every row of the owner; how many."""
         ops = self._ready()
         params = {"u": username, "d": domain}
         return self._run(lambda c: ops.changed(ops.purge_sql, c.cursor, params))
 
+    @storage_step
     def delete_expired(self, now: int) -> int:
         """Delete rows with ``exp_time <= now``; how many."""
         ops = self._ready()
         return self._run(lambda c: ops.changed(ops.expired_sql, c.cursor, {"now": now}))
+
+    @storage_step
+    def ping(self) -> None:
+        """Read from the table: the server answers and the table exists."""
+        ops = self._ready()
+        self._run(lambda c: ops.get(c.cursor, 0))
 
     def close(self) -> None:
         """Close every connection; the driver is unusable afterwards."""

@@ -1,0 +1,288 @@
+"""What every driver shares: the value checks of the contract, and one mechanism that turns a
+backend's exceptions into libmsilo's errors and retries the steps a backend declares retryable.
+
+A driver subclasses :class:`DriverBase`, declares its :class:`ErrorTable` and decorates each
+storage method with :func:`storage_step`, which first checks the method's arguments as the
+contract says (:func:`check_message`, :func:`check_mid`, ...), so every driver answers bad values
+the same way, before its backend is asked anything (see :class:`libmsilo.drivers.base.Driver`).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
+
+from ..errors import InvalidRequest, MsiloError, StorageError, StorageUnavailable
+from ..records import NewMessage, ReleaseResult
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "TOKEN_MAX",
+    "DriverBase",
+    "ErrorTable",
+    "check_ints",
+    "check_message",
+    "check_mid",
+    "check_owner",
+    "check_token",
+    "ping",
+    "storage_step",
+]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+#: The longest lease token a driver accepts (the SQL column's width).
+TOKEN_MAX = 64
+
+_TEXT_FIELDS = ("src_addr", "dst_addr", "username", "domain", "ctype")
+_TIME_FIELDS = ("inc_time", "exp_time", "snd_time")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+D = TypeVar("D", bound="DriverBase")
+
+
+def _never(_exc: BaseException) -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorTable:
+    """How one backend's exceptions map onto libmsilo's errors, and which steps are retried.
+
+    ``unavailable`` become :class:`StorageUnavailable`, ``failed`` :class:`StorageError`,
+    ``invalid`` (a value the backend cannot encode) :class:`InvalidRequest`; anything else is
+    raised as it is. A step that fails with an exception ``retryable`` accepts runs again, up to
+    ``tries`` times in all, after a short random back-off."""
+
+    backend: str
+    unavailable: tuple[type[BaseException], ...] = ()
+    failed: tuple[type[BaseException], ...] = ()
+    invalid: tuple[type[BaseException], ...] = (UnicodeError,)
+    retryable: Callable[[BaseException], bool] = _never
+    tries: int = 1
+
+    def translate(self, exc: BaseException) -> BaseException:
+        """The libmsilo error for ``exc`` (``exc`` itself when it is not the backend's)."""
+        if isinstance(exc, MsiloError):
+            return exc
+        if isinstance(exc, self.invalid):
+            return InvalidRequest(f"{self.backend} cannot store the value: {exc}")
+        if isinstance(exc, self.unavailable):
+            return StorageUnavailable(f"{self.backend} unavailable: {exc}")
+        if isinstance(exc, self.failed):
+            return StorageError(f"{self.backend} error: {exc}")
+        return exc
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0.001, 0.005) * 2**attempt)
+
+
+class DriverBase:
+    """The plumbing of a driver: :meth:`_step` runs one storage step under its error table."""
+
+    errors: ErrorTable = ErrorTable("storage")
+
+    def _translate(self, exc: BaseException, context: object = None) -> BaseException:
+        """The libmsilo error for ``exc``; ``context`` is what a driver knows of the failed step
+        (the SQL driver: its connection). Drivers whose mapping needs more than the table
+        override this."""
+        return self.errors.translate(exc)
+
+    def _step(self, step: Callable[[], T]) -> T:
+        """Run ``step``: raise its failures as libmsilo errors (the original as ``__cause__``)
+        and run it again when the error table calls the failure retryable."""
+        table = self.errors
+        for attempt in range(table.tries):
+            try:
+                return step()
+            except BaseException as exc:
+                error = self._translate(exc)
+                # A step may translate its own failure (``raise error from exc``).
+                cause = exc.__cause__ if error is exc and exc.__cause__ is not None else exc
+                if attempt + 1 < table.tries and table.retryable(cause):
+                    _backoff(attempt)
+                    continue
+                if error is exc:
+                    raise
+                raise error from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def ping(self) -> None:
+        """Answer when the store is usable (the default: always)."""
+
+
+def ping(driver: object) -> None:
+    """``driver.ping()``; a driver written before the contract had ``ping`` is read from
+    instead (``get(0)``), with a :class:`DeprecationWarning`."""
+    method = getattr(driver, "ping", None)
+    if callable(method):
+        method()
+        return
+    warnings.warn(
+        f"{type(driver).__name__} has no ping(), which the driver contract requires",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    driver.get(0)  # type: ignore[attr-defined]
+
+
+def storage_step(method: Callable[Concatenate[D, P], T]) -> Callable[Concatenate[D, P], T]:
+    """Decorate a driver method: its arguments are checked as the contract says (the check
+    named after the method, when there is one), then it runs as one :meth:`DriverBase._step`."""
+    check = _CHECKS.get(method.__name__)
+
+    @functools.wraps(method)
+    def wrapper(self: D, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if check is not None:
+            answer = check(*args, **kwargs)
+            if answer is not _PROCEED:
+                return answer  # type: ignore[return-value]
+        return self._step(lambda: method(self, *args, **kwargs))
+
+    return wrapper
+
+
+# ---- value checks ---------------------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_ints(low: int = INT64_MIN, **values: object) -> None:
+    """Raise :class:`InvalidRequest` unless every value is an int (not a bool) in
+    ``[low, 2**63 - 1]``."""
+    for name, value in values.items():
+        if not _is_int(value):
+            raise InvalidRequest(f"{name} must be an int, not {type(value).__name__}")
+        if not low <= value <= INT64_MAX:  # type: ignore[operator]
+            raise InvalidRequest(f"{name}={value} is outside [{low}, 2**63 - 1]")
+
+
+def check_mid(mid: object) -> bool:
+    """Whether some row may have id ``mid``: False for an int outside ``[0, 2**63 - 1]`` (the
+    caller answers "not found"); :class:`InvalidRequest` when ``mid`` is not an int."""
+    if not _is_int(mid):
+        raise InvalidRequest(f"a message id must be an int, not {type(mid).__name__}")
+    return 0 <= mid <= INT64_MAX  # type: ignore[operator]
+
+
+def check_token(token: object, *, optional: bool = False) -> None:
+    """Raise :class:`InvalidRequest` unless ``token`` is a str of 1 to :data:`TOKEN_MAX`
+    characters (or None when ``optional``)."""
+    if token is None and optional:
+        return
+    if not isinstance(token, str):
+        raise InvalidRequest(f"a lease token must be a str, not {type(token).__name__}")
+    if not 0 < len(token) <= TOKEN_MAX:
+        raise InvalidRequest(f"a lease token has 1 to {TOKEN_MAX} characters, not {len(token)}")
+    _utf8("lease token", token)
+
+
+def check_owner(username: object, domain: object) -> None:
+    """Raise :class:`InvalidRequest` unless both are str that UTF-8 can encode."""
+    for name, value in (("username", username), ("domain", domain)):
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a str, not {type(value).__name__}")
+        _utf8(name, value)
+
+
+def check_message(msg: NewMessage) -> None:
+    """Raise :class:`InvalidRequest` unless ``msg`` can be stored by every driver: text fields
+    are str that UTF-8 can encode (no lone surrogates), the body is bytes, times are epoch
+    seconds in ``[0, 2**63 - 1]``."""
+    for name in _TEXT_FIELDS:
+        value = getattr(msg, name)
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a str, not {type(value).__name__}")
+        _utf8(name, value)
+    if not isinstance(msg.body, bytes | bytearray | memoryview):
+        raise InvalidRequest(f"body must be bytes, not {type(msg.body).__name__}")
+    check_ints(0, **{name: getattr(msg, name) for name in _TIME_FIELDS})
+
+
+# ---- the checks of each contract method ------------------------------------------------------
+# Same parameters as the method; each returns _PROCEED, or the answer for a mid no row can have.
+
+_PROCEED = object()
+
+
+def _insert(msg: NewMessage, max_messages: int = 0) -> object:
+    check_message(msg)
+    check_ints(max_messages=max_messages)
+    return _PROCEED
+
+
+def _claim(
+    username: str, domain: str, now: int, lease_until: int, token: str, limit: int = 0
+) -> object:
+    check_owner(username, domain)
+    return _claim_due_reminders(now, lease_until, token, limit)
+
+
+def _claim_due_reminders(now: int, lease_until: int, token: str, limit: int = 0) -> object:
+    check_ints(now=now, lease_until=lease_until, limit=limit)
+    check_token(token)
+    return _PROCEED
+
+
+def _by_mid(missing: object) -> Callable[[int], object]:
+    def check(mid: int) -> object:
+        return _PROCEED if check_mid(mid) else missing
+
+    return check
+
+
+def _release(
+    mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
+) -> object:
+    check_token(token, optional=True)
+    check_ints(max_attempts=max_attempts)
+    return _PROCEED if check_mid(mid) else ReleaseResult.NOT_FOUND
+
+
+def _inbox(username: str, domain: str, now: int, limit: int = 0) -> object:
+    check_owner(username, domain)
+    check_ints(now=now, limit=limit)
+    return _PROCEED
+
+
+def _purge(username: str, domain: str) -> object:
+    check_owner(username, domain)
+    return _PROCEED
+
+
+def _delete_expired(now: int) -> object:
+    check_ints(now=now)
+    return _PROCEED
+
+
+_CHECKS: dict[str, Callable[..., object]] = {
+    "insert": _insert,
+    "claim": _claim,
+    "claim_due_reminders": _claim_due_reminders,
+    "delete": _by_mid(False),
+    "release": _release,
+    "count": _inbox,
+    "list": _inbox,
+    "get": _by_mid(None),
+    "purge": _purge,
+    "delete_expired": _delete_expired,
+}
+
+
+def _utf8(name: str, value: str) -> None:
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"{name} cannot be stored: {exc.reason} at {exc.start}") from None
