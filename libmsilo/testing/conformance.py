@@ -15,17 +15,23 @@ yields a fresh, empty driver with ``create_schema()`` done (and cleans up afterw
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import fields
+from typing import Any
+
+import pytest
 
 from ..drivers.base import Driver, NewMessage, ReleaseResult, StoredMessage
+from ..errors import InvalidRequest, MsiloError
 
 __all__ = ["DriverConformance", "make_message", "unique_table"]
 
 NOW = 1_700_000_000
 HOUR = 3600
+INT64_MAX = 2**63 - 1
 
 
 def unique_table(prefix: str = "silo_t") -> str:
@@ -349,6 +355,185 @@ class DriverConformance:
         assert driver.delete_expired(NOW) == 0
         # quota space is given back by expiry
         assert driver.insert(make_message(user="carol", inc_time=NOW), 1) is not None
+
+    # ---- health check -------------------------------------------------------------------------
+
+    def test_ping_answers_and_changes_nothing(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        driver.ping()
+        assert driver.get(mid) is not None and driver.count("alice", "example.com", NOW) == 1
+
+    # ---- boundaries and bad values: the same answer on every driver ---------------------------
+
+    def test_int64_edges_round_trip(self, driver: Driver) -> None:
+        forever = make_message(exp_time=INT64_MAX)
+        never_due = make_message(exp_time=INT64_MAX, snd_time=INT64_MAX)
+        stored = [driver.get(_insert(driver, m)) for m in (forever, never_due)]
+        for row, msg in zip(stored, (forever, never_due), strict=True):
+            assert row is not None
+            _same_message(row, msg)
+        assert driver.count("alice", "example.com", NOW) == 2
+        assert [r.mid for r in driver.claim("alice", "example.com", NOW, INT64_MAX, "t")] == [
+            stored[0].mid  # type: ignore[union-attr]
+        ]
+        assert driver.claim_due_reminders(NOW, NOW + 30, _token()) == []
+        # Comparisons need only be exact below 2**53 (Redis compares times as doubles).
+        assert driver.delete_expired(2**53) == 0
+        assert driver.delete_expired(INT64_MAX) == 2
+
+    @pytest.mark.parametrize(
+        "times",
+        [
+            {"exp_time": INT64_MAX + 1},
+            {"snd_time": INT64_MAX + 1},
+            {"inc_time": 2**64},
+            {"exp_time": -1},
+            {"snd_time": -1},
+            {"inc_time": -(2**63) - 1},
+        ],
+        ids=["exp_over", "snd_over", "inc_over", "exp_negative", "snd_negative", "inc_under"],
+    )
+    def test_times_out_of_range_are_refused_and_take_no_quota(
+        self, driver: Driver, times: dict[str, int]
+    ) -> None:
+        bad = NewMessage(**{**_fields(make_message()), **times})
+        with pytest.raises(InvalidRequest):
+            driver.insert(bad, 1)
+        assert driver.count("alice", "example.com", NOW) == 0
+        assert driver.list("alice", "example.com", 0) == []
+        assert driver.insert(make_message(), 1) is not None  # the quota slot is free
+
+    @pytest.mark.parametrize("field", ["src_addr", "dst_addr", "username", "domain", "ctype"])
+    def test_unencodable_text_is_refused_and_takes_no_quota(
+        self, driver: Driver, field: str
+    ) -> None:
+        value = getattr(make_message(), field) + "\udcff"  # a lone surrogate
+        with pytest.raises(InvalidRequest):
+            driver.insert(NewMessage(**{**_fields(make_message()), field: value}), 1)
+        assert driver.count("alice", "example.com", NOW) == 0
+        assert driver.insert(make_message(), 1) is not None
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            {"body": "text, not bytes"},
+            {"username": 7},
+            {"ctype": None},
+            {"exp_time": float(NOW + HOUR)},
+            {"snd_time": True},
+            {"inc_time": str(NOW)},
+        ],
+        ids=["body_str", "user_int", "ctype_none", "exp_float", "snd_bool", "inc_str"],
+    )
+    def test_wrong_types_are_refused_and_take_no_quota(
+        self, driver: Driver, changes: dict[str, Any]
+    ) -> None:
+        with pytest.raises(InvalidRequest):
+            driver.insert(NewMessage(**{**_fields(make_message()), **changes}), 1)
+        assert driver.count("alice", "example.com", NOW) == 0
+        assert driver.insert(make_message(), 1) is not None
+
+    def test_token_lengths(self, driver: Driver) -> None:
+        mid = _insert(driver, make_message())
+        for bad in ("", "x" * 65, "x" * 10_000):
+            with pytest.raises(InvalidRequest):
+                driver.claim("alice", "example.com", NOW, NOW + 30, bad)
+            with pytest.raises(InvalidRequest):
+                driver.claim_due_reminders(NOW, NOW + 30, bad)
+            with pytest.raises(InvalidRequest):
+                driver.release(mid, bad)
+        longest = "é" * 64
+        got = driver.claim("alice", "example.com", NOW, NOW + 30, longest)
+        assert [(r.mid, r.lease_token) for r in got] == [(mid, longest)]
+        stored = driver.get(mid)
+        assert stored is not None and stored.lease_token == longest
+        assert driver.release(mid, longest) is ReleaseResult.RELEASED
+
+    @pytest.mark.parametrize("mid", [None, "1", b"1", 1.0, True, False], ids=repr)
+    def test_mids_that_are_not_ints_are_refused(self, driver: Driver, mid: Any) -> None:
+        kept = _insert(driver, make_message())
+        driver.claim("alice", "example.com", NOW, NOW + 30, "tok")
+        with pytest.raises(InvalidRequest):
+            driver.get(mid)
+        with pytest.raises(InvalidRequest):
+            driver.delete(mid)
+        with pytest.raises(InvalidRequest):
+            driver.release(mid, "tok")
+        with pytest.raises(InvalidRequest):
+            driver.release(mid, None)
+        stored = driver.get(kept)
+        assert stored is not None and stored.lease_token == "tok"
+
+    @pytest.mark.parametrize("mid", [-1, -(2**63), INT64_MAX + 1, 2**64 + 1, 0], ids=repr)
+    def test_mids_no_row_can_have_are_not_found(self, driver: Driver, mid: int) -> None:
+        kept = _insert(driver, make_message())
+        driver.claim("alice", "example.com", NOW, NOW + 30, "tok")
+        assert driver.get(mid) is None
+        assert driver.delete(mid) is False
+        assert driver.release(mid, "tok") is ReleaseResult.NOT_FOUND
+        assert driver.release(mid, None) is ReleaseResult.NOT_FOUND
+        stored = driver.get(kept)
+        assert stored is not None and stored.lease_token == "tok"
+
+    def test_a_large_mid_is_not_found(self, driver: Driver) -> None:
+        assert driver.get(INT64_MAX) is None
+        assert driver.delete(INT64_MAX) is False
+        assert driver.release(INT64_MAX, None) is ReleaseResult.NOT_FOUND
+
+    @pytest.mark.parametrize(
+        "call",
+        [
+            lambda d: d.claim("alice", "example.com", NOW, INT64_MAX + 1, "t"),
+            lambda d: d.claim("alice", "example.com", str(NOW), NOW + 30, "t"),
+            lambda d: d.claim("alice", "example.com", NOW, NOW + 30, "t", limit="2"),
+            lambda d: d.claim({"$gt": ""}, "example.com", NOW, NOW + 30, "t"),
+            lambda d: d.claim("al\udcffice", "example.com", NOW, NOW + 30, "t"),
+            lambda d: d.claim("alice", "example.com", NOW, NOW + 30, 12345),
+            lambda d: d.claim_due_reminders(-(2**63) - 1, NOW + 30, "t"),
+            lambda d: d.count("alice", None, NOW),
+            lambda d: d.count("alice", "example.com", INT64_MAX + 1),
+            lambda d: d.list("alice", "example.com", NOW, limit=1.5),
+            lambda d: d.list(b"alice", "example.com", NOW),
+            lambda d: d.purge("alice", ["example.com"]),
+            lambda d: d.purge("\ud800", "example.com"),
+            lambda d: d.delete_expired(None),
+            lambda d: d.delete_expired(2**64),
+            lambda d: d.insert(make_message(), max_messages="1"),
+            lambda d: d.insert(make_message(), max_messages=2**64),
+            lambda d: d.release(1, "t", max_attempts=None),
+        ],
+    )
+    def test_bad_arguments_raise_invalid_request_and_change_nothing(
+        self, driver: Driver, call: Callable[[Any], object]
+    ) -> None:
+        mid = _insert(driver, make_message())
+        with pytest.raises(InvalidRequest):
+            call(driver)
+        stored = driver.get(mid)
+        assert stored is not None and stored.lease_token is None
+        assert driver.count("alice", "example.com", NOW) == 1
+
+    def test_errors_are_libmsilo_errors(self, driver: Driver) -> None:
+        """Whatever a caller passes, only libmsilo errors come out (never a raw ValueError,
+        TypeError or UnicodeEncodeError of the backend's client)."""
+        junk: list[Any] = [None, "", "\udcff", -1, 2**70, 1.5, b"\xff", [], {"$ne": 1}, True]
+        calls: list[Callable[[Any], object]] = [
+            driver.get,
+            driver.delete,
+            lambda v: driver.release(v, None),
+            lambda v: driver.count(v, "example.com", NOW),
+            lambda v: driver.claim("alice", "example.com", v, NOW + 30, "t"),
+            lambda v: driver.insert(make_message(user="junk", body=v)),
+        ]
+        for value in junk:
+            for call in calls:
+                with contextlib.suppress(MsiloError):
+                    call(value)
+        assert driver.count("junk", "example.com", NOW) == 1  # only the bytes body was stored
+
+
+def _fields(msg: NewMessage) -> dict[str, Any]:
+    return {f.name: getattr(msg, f.name) for f in fields(NewMessage)}
 
 
 def _run_threads(work: Callable[[], None], n: int) -> None:
