@@ -7,7 +7,7 @@ import logging
 from ..message import SipRequest
 from ..uri import NameAddr
 
-__all__ = ["sip_contacts"]
+__all__ = ["indirect_reason", "sip_contacts"]
 
 log = logging.getLogger("libmsilo")
 
@@ -26,3 +26,39 @@ def sip_contacts(request: SipRequest, purpose: str) -> tuple[NameAddr, ...]:
         else:
             log.warning("%s: Contact %s skipped: not a SIP URI", purpose, str(contact)[:200])
     return tuple(usable)
+
+
+def _via_received(request: SipRequest) -> str | None:
+    """The ``received`` parameter of the UA's own Via (the bottom one), if the first hop set it."""
+    vias = request.header_list("Via")
+    if not vias:
+        return None
+    for param in vias[-1].split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "received" and value.strip():
+            return value.strip().strip("[]").lower()
+    return None
+
+
+def indirect_reason(contact: NameAddr, request: SipRequest) -> str | None:
+    """Why a MESSAGE cannot go straight to a REGISTER contact, or None when it can.
+
+    Such a contact is reached only through the registrar's own routing, so the dump then goes to
+    the address of record: a REGISTER relayed with ``Path`` (RFC 3327), an outbound flow
+    (``;ob``, RFC 5626), a WebSocket client (``transport=ws``/``wss``, ``.invalid`` host,
+    RFC 7118 §5) or a contact that differs from the address the REGISTER came from (NAT: Via
+    ``received``, RFC 3581).
+    """
+    uri = contact.uri
+    if request.header("Path") is not None:
+        return "the registration came through a Path (RFC 3327)"
+    if uri.has_param("ob"):
+        return "the contact is an outbound flow (RFC 5626 ;ob)"
+    transport = (uri.param("transport") or "").lower()
+    host = uri.host.rstrip(".").lower()
+    if transport in ("ws", "wss") or host == "invalid" or host.endswith(".invalid"):
+        return "the contact is a WebSocket client (RFC 7118)"
+    received = _via_received(request)
+    if received is not None and received != host.strip("[]"):
+        return f"the contact is behind NAT (the REGISTER came from {received})"
+    return None

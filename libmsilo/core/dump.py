@@ -11,7 +11,7 @@ from ..message import MessageKind, OutgoingMessage, SipRequest
 from ..records import StoredMessage
 from ..timefmt import ctime24, rfc1123
 from ..uri import NameAddr, parse_uri
-from .contacts import sip_contacts
+from .contacts import indirect_reason, sip_contacts
 from .limits import CONTROL, MIME
 from .owner import parse_uri_argument, setting_address
 from .policy import Policy
@@ -74,6 +74,9 @@ def plan_dump(request: SipRequest | None) -> DumpPlan:
     allow = request.allow
     for contact in live:
         if _accepts_message(contact, allow):
+            indirect = indirect_reason(contact, request)
+            if indirect is not None:  # the registrar's routing reaches it: send to the AOR
+                return DumpPlan(True, f"to the address of record: {indirect}")
             return DumpPlan(True, contact=contact)
     return DumpPlan(False, "the UA does not accept MESSAGE")
 

@@ -8,7 +8,7 @@ from ..errors import InvalidURI
 from ..message import MessageKind, OutgoingMessage, SipRequest
 from ..templating import Template
 from ..uri import URI, aor
-from .contacts import sip_contacts
+from .contacts import indirect_reason, sip_contacts
 from .limits import CONTROL, HEADER_NAME
 from .owner import setting_address
 from .policy import Policy
@@ -52,7 +52,11 @@ def notice_target(request: SipRequest, use_contact: bool) -> str:
     """Where the offline notice goes [§2.9]: the sender's Contact when usable, else its From."""
     if use_contact:
         for contact in sip_contacts(request, "offline notice"):
-            return str(contact.uri)
+            # A contact only the sender's proxy can reach (WebSocket, NAT, outbound flow):
+            # the From URI goes through that proxy.
+            if indirect_reason(contact, request) is None:
+                return str(contact.uri)
+            break
     return str(request.from_addr.uri)
 
 
