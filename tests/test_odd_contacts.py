@@ -72,3 +72,31 @@ def test_notice_goes_to_the_usable_contact(case: str, caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="libmsilo"):
         notice = silo.store(message(extra=[("Contact", contact)])).notice
     assert notice is not None and notice.ruri == target
+
+
+VIA_NAT = "SIP/2.0/UDP 192.168.1.7:5060;branch=z9hG4bK1;received=198.51.100.9;rport=4000"
+
+
+@pytest.mark.parametrize(
+    ("contact", "extra", "to_contact"),
+    [
+        ("<sip:alice@192.0.2.7:5060>", [("Path", "<sip:edge.example.com;lr>")], False),
+        ("<sip:alice@192.0.2.7:5060;ob>;reg-id=1", [], False),
+        ("<sip:k3o5e8qf@x9q.invalid;transport=ws>", [], False),
+        ("<sip:alice@192.0.2.7;transport=WSS>", [], False),
+        ("<sip:alice@192.168.1.7:5060>", [("Via", VIA_NAT)], False),
+        ("<sip:alice@198.51.100.9:4000>", [("Via", VIA_NAT)], True),
+        ("<sip:alice@192.0.2.7:5060>", [], True),
+    ],
+)
+def test_contact_only_the_registrar_reaches_gets_the_dump_at_the_aor(
+    contact: str, extra: list[tuple[str, str]], to_contact: bool
+) -> None:
+    silo = make_silo()
+    silo.store(message())
+    req = register(contact=contact, extra=extra)
+    if any(name == "Via" for name, _ in extra):  # the UA's Via replaces the helper's
+        headers = [(n, v) for n, v in req.headers if n != "Via" or v == VIA_NAT]
+        req = SipRequest("REGISTER", req.ruri, headers)
+    (out,) = silo.dump(req)
+    assert out.ruri == (str(req.contacts[0].uri) if to_contact else "sip:alice@example.com")
