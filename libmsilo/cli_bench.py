@@ -1,28 +1,32 @@
-"""``msilo bench``: the storage benchmark with a progress bar, result tables, JSON and a chart."""
+"""``msilo bench``: the storage benchmark with a progress bar, result tables, JSON and a chart.
+
+Only the command's options are defined here: the benchmark itself (:mod:`libmsilo.bench`, its
+raw baselines and matplotlib, the ``bench`` extra) is imported when the command runs.
+"""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .bench import (
-    BenchConfig,
-    BenchError,
-    BenchReport,
-    Measurement,
-    run_bench,
-    total_steps,
-    write_png,
-)
-from .bench.runner import redact
+if TYPE_CHECKING:
+    from .bench import BenchReport, Measurement
 
-__all__ = ["bench", "redact", "results_tables"]
+__all__ = ["bench", "results_tables"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "redact":  # deprecated, kept for callers of the former re-export
+        from .bench.runner import redact
+
+        return redact
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _fmt_rate(value: float) -> str:
@@ -123,6 +127,11 @@ def bench(
     ] = None,
 ) -> None:
     """Measure libmsilo against hand-written code on the bare database clients."""
+    from .bench import BenchConfig, BenchError, run_bench, total_steps, write_png
+    from .bench.report import require_matplotlib
+
+    if plot is not None:
+        require_matplotlib()  # before the run, not after it
     console = Console(highlight=False)
     with tempfile.TemporaryDirectory(prefix="msilo-bench-") as tmp:
         urls = tuple(db_url or [f"sqlite:///{Path(tmp) / 'bench.db'}"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -173,3 +175,14 @@ def test_config_validation(values: dict[str, object]) -> None:
 def test_redact_is_deprecated_for_mask_url() -> None:
     with pytest.warns(DeprecationWarning, match="mask_url"):
         assert redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+
+
+def test_the_cli_imports_the_benchmark_only_for_its_command() -> None:
+    code = (
+        "import sys, libmsilo.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith(('libmsilo.bench', 'matplotlib'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

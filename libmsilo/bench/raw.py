@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import tzinfo
 from typing import Protocol
 
-from ..drivers import url_scheme
+from ..drivers.schemes import scheme_of
 from ..errors import SettingsError
 from .workload import RawMessage, Row
 
@@ -61,17 +61,17 @@ class RawStore(Protocol):
 
 def open_raw(url: str, table: str, zone: tzinfo) -> RawStore:
     """The raw baseline for the backend ``url`` names, working on ``table``."""
-    scheme = url_scheme(url)
-    if scheme in ("sqlite", "postgresql", "postgres", "mysql", "mariadb"):
+    scheme = scheme_of(url)
+    if scheme.family == "sql":
         from .raw_sql import open_raw_sql
 
         return open_raw_sql(url, table, zone)
-    if scheme in ("redis", "rediss"):
+    if scheme.backend == "redis":
         from .raw_redis import RawRedis
 
         return RawRedis(url, table, zone)
-    if scheme in ("mongodb", "mongomock"):
+    if scheme.family == "mongo":
         from .raw_mongo import RawMongo
 
         return RawMongo(url, table, zone)
-    raise SettingsError(f"bench: no raw baseline for {scheme!r} URLs")
+    raise SettingsError(f"bench: no raw baseline for {scheme.name!r} URLs")

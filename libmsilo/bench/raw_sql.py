@@ -10,8 +10,9 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from ..drivers import open_driver, url_scheme
+from ..drivers import open_driver
 from ..drivers.base import MESSAGE_FIELDS, StoreLayout
+from ..drivers.schemes import scheme_of
 from ..errors import SettingsError
 from .workload import RawMessage, Row, render_dump, render_reminder
 
@@ -34,6 +35,7 @@ class _RawSQL:
 
     client = "sql"
     placeholder = "?"
+    conn: Any  # the DBAPI connection, opened by the subclass
 
     def __init__(self, url: str, table: str, zone: tzinfo) -> None:
         self.url, self.table, self.zone = url, table, zone
@@ -68,6 +70,10 @@ class _RawSQL:
         finally:
             driver.close()
 
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
     def _dumped(self, rows: Sequence[Sequence[Any]]) -> list[RawMessage]:
         return [
             render_dump(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], self.zone)
@@ -81,7 +87,38 @@ class _RawSQL:
         ]
 
 
-class RawSQLite(_RawSQL):
+class _Returning(_RawSQL):
+    """SQLite and PostgreSQL: the connection runs statements itself (``conn.execute``) and a
+    claim is one ``UPDATE … RETURNING`` (``claim_sql`` / ``sweep_sql``, set by the subclass)."""
+
+    claim_sql = sweep_sql = ""
+
+    def analyze(self) -> None:
+        """ANALYZE the table: the planner must know about the seeded rows."""
+        self.conn.execute(f"ANALYZE {self.table}")
+
+    def dump(
+        self, username: str, domain: str, now: int, lease: int, token: str
+    ) -> list[RawMessage]:
+        """One statement leases the owner's rows."""
+        rows = self.conn.execute(self.claim_sql, (token, lease, username, domain, now, now))
+        return self._dumped(rows.fetchall())
+
+    def reply_ok(self, mid: int) -> None:
+        """DELETE the row."""
+        self.conn.execute(self.delete_sql, (mid,))
+
+    def sweep(self, now: int, lease: int, token: str) -> list[RawMessage]:
+        """One statement leases the due reminders."""
+        rows = self.conn.execute(self.sweep_sql, (token, lease, now, now, now))
+        return self._reminded(rows.fetchall())
+
+    def purge(self, now: int) -> int:
+        """One DELETE."""
+        return int(self.conn.execute(self.purge_sql, (now,)).rowcount)
+
+
+class RawSQLite(_Returning):
     """sqlite3 in autocommit mode; a claim is one ``UPDATE … RETURNING`` (SQLite ≥ 3.35)."""
 
     client = "sqlite3"
@@ -103,10 +140,6 @@ class RawSQLite(_RawSQL):
             self.conn.executemany(self.insert_sql, chunk)
             self.conn.execute("COMMIT")
 
-    def analyze(self) -> None:
-        """ANALYZE the table."""
-        self.conn.execute(f"ANALYZE {self.table}")
-
     def server_version(self) -> str:
         """The SQLite library's version."""
         return f"SQLite {sqlite3.sqlite_version}"
@@ -116,32 +149,8 @@ class RawSQLite(_RawSQL):
         cur = self.conn.execute(self.insert_sql, (*row, now, now + 259200, 0))
         return int(cur.lastrowid or 0)
 
-    def dump(
-        self, username: str, domain: str, now: int, lease: int, token: str
-    ) -> list[RawMessage]:
-        """One UPDATE … RETURNING leases the owner's rows."""
-        rows = self.conn.execute(self.claim_sql, (token, lease, username, domain, now, now))
-        return self._dumped(rows.fetchall())
 
-    def reply_ok(self, mid: int) -> None:
-        """DELETE the row."""
-        self.conn.execute(self.delete_sql, (mid,))
-
-    def sweep(self, now: int, lease: int, token: str) -> list[RawMessage]:
-        """One UPDATE … RETURNING leases the due reminders."""
-        rows = self.conn.execute(self.sweep_sql, (token, lease, now, now, now))
-        return self._reminded(rows.fetchall())
-
-    def purge(self, now: int) -> int:
-        """One DELETE."""
-        return self.conn.execute(self.purge_sql, (now,)).rowcount
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.conn.close()
-
-
-class RawPostgres(_RawSQL):
+class RawPostgres(_Returning):
     """psycopg 3 in autocommit mode; a claim is one ``UPDATE … WHERE mid IN (SELECT … FOR
     UPDATE SKIP LOCKED) RETURNING``, so concurrent dumps never lease the same row."""
 
@@ -179,10 +188,6 @@ class RawPostgres(_RawSQL):
                 for row in rows:
                     copy.write_row(row)
 
-    def analyze(self) -> None:
-        """ANALYZE the table: the planner must know about the seeded rows."""
-        self.conn.execute(f"ANALYZE {self.table}")
-
     def server_version(self) -> str:
         """The server's version string."""
         row = self.conn.execute("SELECT version()").fetchone()
@@ -193,30 +198,6 @@ class RawPostgres(_RawSQL):
         cur = self.conn.execute(self.insert_returning, (*row, now, now + 259200, 0))
         found = cur.fetchone()
         return int(found[0]) if found else 0
-
-    def dump(
-        self, username: str, domain: str, now: int, lease: int, token: str
-    ) -> list[RawMessage]:
-        """One statement leases the owner's rows."""
-        cur = self.conn.execute(self.claim_sql, (token, lease, username, domain, now, now))
-        return self._dumped(cur.fetchall())
-
-    def reply_ok(self, mid: int) -> None:
-        """DELETE the row."""
-        self.conn.execute(self.delete_sql, (mid,))
-
-    def sweep(self, now: int, lease: int, token: str) -> list[RawMessage]:
-        """One statement leases the due reminders."""
-        cur = self.conn.execute(self.sweep_sql, (token, lease, now, now, now))
-        return self._reminded(cur.fetchall())
-
-    def purge(self, now: int) -> int:
-        """One DELETE."""
-        return self.conn.execute(self.purge_sql, (now,)).rowcount
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.conn.close()
 
 
 class RawMySQL(_RawSQL):
@@ -314,16 +295,12 @@ class RawMySQL(_RawSQL):
         with self.conn.cursor() as cur:
             return int(cur.execute(self.purge_sql, (now,)))
 
-    def close(self) -> None:
-        """Close the connection."""
-        self.conn.close()
-
 
 def open_raw_sql(url: str, table: str, zone: tzinfo) -> RawSQLite | RawPostgres | RawMySQL:
     """The raw baseline for a SQLAlchemy URL."""
-    scheme = url_scheme(url)
-    if scheme == "sqlite":
+    backend = scheme_of(url, "sql").backend
+    if backend == "sqlite":
         return RawSQLite(url, table, zone)
-    if scheme in ("postgresql", "postgres"):
+    if backend == "postgresql":
         return RawPostgres(url, table, zone)
     return RawMySQL(url, table, zone)

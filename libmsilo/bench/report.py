@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..errors import SettingsError
 from .runner import BackendResult, BenchConfig, Measurement
 
 __all__ = ["BenchReport", "machine_info", "write_png"]
@@ -118,9 +120,16 @@ def _label(b: BackendResult) -> str:
     return f"{b.backend}*" if b.note else b.backend
 
 
+def require_matplotlib() -> None:
+    """Raise :class:`SettingsError` naming the extra when matplotlib is not installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SettingsError("the chart needs matplotlib: pip install 'libmsilo[bench]'")
+
+
 def write_png(report: BenchReport, path: str | os.PathLike[str]) -> None:
     """A chart: ratio libmsilo / raw per backend and operation (smallest table), and how dump
     and purge time grow with the table."""
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")

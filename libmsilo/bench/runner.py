@@ -21,8 +21,8 @@ from datetime import tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..drivers import url_scheme
 from ..drivers.base import Driver, NewMessage
+from ..drivers.schemes import SCHEMES, url_scheme
 from ..errors import MsiloError
 from ..masking import mask_text, mask_url
 from ..settings import MsiloSettings
@@ -44,7 +44,6 @@ log = logging.getLogger("libmsilo")
 
 Progress = Callable[[str], None]  # called once per finished step, with what comes next
 
-_WAIT_SCHEMES = ("redis", "rediss")  # where --redis-wait adds its store case
 
 WARMUP_STORES = 100  # unmeasured stores per side before the store rounds
 
@@ -137,7 +136,7 @@ def total_steps(config: BenchConfig) -> int:
     per_scale = 2 + config.repeat  # seeding, warm-up, rounds
     waits = 0
     if config.redis_wait is not None:
-        redis_urls = [u for u in config.urls if u.partition("://")[0].lower() in _WAIT_SCHEMES]
+        redis_urls = [u for u in config.urls if backend_kind(u) == "redis"]
         waits = config.repeat * len(redis_urls)
     return len(config.urls) * (1 + config.repeat + len(config.scales) * per_scale) + waits
 
@@ -153,9 +152,9 @@ def redact(url: str) -> str:
 
 
 def backend_kind(url: str) -> str:
-    """The family name of a URL's backend."""
+    """The backend a URL reaches (``sqlite``, ``postgresql``, ``mysql``, ``redis``, ...)."""
     scheme = url_scheme(url)
-    return {"postgres": "postgresql", "mariadb": "mysql", "rediss": "redis"}.get(scheme, scheme)
+    return SCHEMES[scheme].backend if scheme in SCHEMES else scheme
 
 
 def failure_label(url: str, number: int) -> str:

@@ -358,14 +358,7 @@ class SqlDriver(DriverBase):
     ) -> list[StoredMessage]:
         """Lease the owner's unexpired, unleased offline messages to ``token``, in id order."""
         ops = self._ready()
-        params = {
-            "u": username,
-            "d": domain,
-            "now": now,
-            "lu": lease_until,
-            "tok": token,
-            "lim": limit if limit > 0 else NO_LIMIT,
-        }
+        params = {"u": username, "d": domain, **_lease_params(now, lease_until, token, limit)}
         return self._run(lambda c: ops.claim(c.cursor, c.dbapi, params, False))
 
     @storage_step
@@ -374,12 +367,7 @@ class SqlDriver(DriverBase):
     ) -> list[StoredMessage]:
         """Lease due reminders (``0 < snd_time <= now``) of every owner, in id order."""
         ops = self._ready()
-        params = {
-            "now": now,
-            "lu": lease_until,
-            "tok": token,
-            "lim": limit if limit > 0 else NO_LIMIT,
-        }
+        params = _lease_params(now, lease_until, token, limit)
         return self._run(lambda c: ops.claim(c.cursor, c.dbapi, params, True))
 
     @storage_step
@@ -443,6 +431,11 @@ class SqlDriver(DriverBase):
         self._engine.dispose()
         if self._ddl_engine is not None:
             self._ddl_engine.dispose()
+
+
+def _lease_params(now: int, lease_until: int, token: str, limit: int) -> dict[str, object]:
+    """The parameters both claim statements take."""
+    return {"now": now, "lu": lease_until, "tok": token, "lim": limit if limit > 0 else NO_LIMIT}
 
 
 def open_sql(url: str, layout: StoreLayout, options: DriverOptions) -> SqlDriver:
