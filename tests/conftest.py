@@ -55,7 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend" in metafunc.fixturenames:
+    # A module with a ``backend`` fixture of its own (test_sql_driver) parametrizes it itself.
+    if "backend" in metafunc.fixturenames and not hasattr(metafunc.module, "backend"):
         builds_a_store = "make_silo" in metafunc.function.__code__.co_names
         kinds = behaviour_backends() if builds_a_store else ["memory"]
         metafunc.parametrize("backend", kinds, indirect=True)
