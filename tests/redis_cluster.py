@@ -30,6 +30,7 @@ __all__ = [
     "StandaloneServer",
     "TlsServer",
     "redis_cluster_url",
+    "redis_cluster_with_replicas",
     "redis_tls_url",
     "standalone_redis",
 ]
@@ -61,9 +62,11 @@ def _pick_ports(count: int) -> list[int]:
 
 
 class ClusterProcesses:
-    """The redis-server processes of one cluster; :meth:`stop` ends them by PID."""
+    """The redis-server processes of one cluster (``replicas`` per master); :meth:`stop` ends
+    them by PID."""
 
-    def __init__(self) -> None:
+    def __init__(self, replicas: int = 0) -> None:
+        self.replicas = replicas
         self.ports: list[int] = []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dir = Path(tempfile.mkdtemp(prefix="msilo-redis-cluster-"))
@@ -78,19 +81,50 @@ class ClusterProcesses:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             raise FileNotFoundError("redis-server / redis-cli not installed")
-        self.ports = _pick_ports(MASTERS)
+        self.ports = _pick_ports(MASTERS * (1 + self.replicas))
         for port in self.ports:
             self._spawn(server, port)
         deadline = time.monotonic() + START_TIMEOUT
         for port in self.ports:
             self._wait_for(cli, port, ["ping"], b"PONG", deadline)
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        replicas = ["--cluster-replicas", str(self.replicas)]
         subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [cli, "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=START_TIMEOUT,
         )
+        for port in self.ports:
+            self._wait_for(cli, port, ["cluster", "info"], b"cluster_state:ok", deadline)
+        while len(self.replica_ports()) < MASTERS * self.replicas:  # news travel by gossip
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replicas never joined the cluster")
+            time.sleep(0.1)
+        for port in self.replica_ports():
+            self._wait_for(cli, port, ["role"], b"connected", deadline)  # in sync
+
+    def _cli(self, port: int, *command: str) -> bytes:
+        cli = shutil.which("redis-cli") or "redis-cli"
+        args = [cli, "-h", "127.0.0.1", "-p", str(port), *command]
+        return subprocess.run(args, capture_output=True, timeout=10, check=True).stdout
+
+    def replica_ports(self) -> list[int]:
+        """The ports of the nodes that are replicas now."""
+        found = []
+        for line in self._cli(self.ports[0], "cluster", "nodes").decode().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and "slave" in fields[2].split(","):
+                found.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return sorted(found)
+
+    def failover(self, replica: int) -> None:
+        """Promote ``replica`` with a manual CLUSTER FAILOVER (its master hands over without
+        losing a write) and wait until every node sees the cluster ok again."""
+        self._cli(replica, "cluster", "failover")
+        deadline = time.monotonic() + START_TIMEOUT
+        cli = shutil.which("redis-cli") or "redis-cli"
+        self._wait_for(cli, replica, ["role"], b"master", deadline)
         for port in self.ports:
             self._wait_for(cli, port, ["cluster", "info"], b"cluster_state:ok", deadline)
 
@@ -268,6 +302,25 @@ class StandaloneServer(ClusterProcesses):
         self.procs.append(subprocess.Popen([*args, *self.args], stdin=subprocess.DEVNULL))
         ready = b"NOAUTH" if "--requirepass" in self.args else b"PONG"  # it answers either way
         self._wait_for(cli, port, ["ping"], ready, time.monotonic() + START_TIMEOUT)
+
+
+@contextlib.contextmanager
+def redis_cluster_with_replicas() -> Iterator[ClusterProcesses]:
+    """A private 3-master cluster with one replica each, for a test that changes its roles;
+    stopped by PID afterwards. Skips (fails under ``CI=true``) when it cannot start."""
+    cluster = ClusterProcesses(replicas=1)
+    try:
+        cluster.start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        cluster.stop()
+        message = f"cannot start a Redis Cluster with replicas: {exc!r}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @contextlib.contextmanager
