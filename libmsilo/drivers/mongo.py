@@ -1,74 +1,11 @@
 """MongoDB storage driver (pymongo); ``mongomock://`` runs it in-process for tests.
 
-Documents
-    One collection named ``layout.table``. ``_id`` is the message id (the ``layout.mid`` column);
-    every other column is a field named by the layout. Bodies are BSON binary (byte-exact, ``b""``
-    included), times int64. Two bookkeeping fields: ``exp_at``, a date copy of ``exp_time`` for
-    the TTL index, and ``uncounted``, set on rows taken out of the owner's quota counter because
-    they had expired. ``<table>_counters`` holds the id sequence, ``<table>_owners`` one quota
-    counter per owner (``_id`` = ``{username, domain}``).
-
-Operations, and why each is atomic on a real server (MongoDB 6+)
-    MongoDB applies every write to one document atomically (also each document that an
-    ``updateMany`` / ``deleteMany`` touches) and re-checks the write's filter on a document that
-    another writer changed meanwhile, so a document matched by two racing writers is modified by
-    one only. Nothing else (no transactions, no server-side JavaScript) is used.
-
-    - ids: ``findAndModify`` ``$inc`` (upsert, return the new value) on one sequence document:
-      unique int64 ids, increasing in allocation order.
-    - quota: ``findAndModify`` on the owner's counter with the filter ``count < max`` and ``$inc``
-      reserves a slot before ``insertOne``; concurrent stores can never take more than ``max``.
-    - ``claim`` and ``claim_due_reminders``, per batch of candidates: a ``find`` of the
-      candidate ids in id order (the owner's deliverable rows; due reminders across owners),
-      one ``updateMany`` whose filter repeats every condition (unexpired, lease free or expired,
-      ...) plus ``_id $in`` those ids, and a ``find`` of those ids that now hold the claim's
-      token and ``lease_until``. The server applies the update to each document atomically and
-      re-checks the filter on it, so a row leased by another claim meanwhile no longer matches
-      and two claims never both lease it; a claim's token is its own (Silo makes a new one per
-      dump and sweep), so the read-back returns exactly the rows this claim leased.
-    - ``release``: ``updateOne`` / ``findAndModify`` (remove) filtered on the lease token and
-      attempt count just read (compare-and-set; retried a few times when they changed).
-    - deletions (``delete``, ``purge``, ``delete_expired``, a dropped ``release``):
-      ``findAndModify`` (remove) / ``deleteMany`` (each row is deleted once, and the removed
-      document or ``deletedCount`` says exactly what was deleted), then a conditional ``$inc``
-      gives the slots back to the owner's counter (``delete_expired``: one ``updateMany`` for the
-      owners that get the same number back).
-    - reads: ``find`` / ``findOne`` / ``countDocuments``; indexes: ``createIndexes``.
-    Every filter on rows of one owner carries ``username`` and ``domain``, so the collection can
-    be sharded on them; every ``findAndModify`` on it has the owner in its filter. The steps
-    across owners (the reminder claim, the uncounted part of ``delete_expired``) are multi-document
-    reads and writes, which a sharded cluster sends to every shard.
-
-Quota counter and crashes
-    The owner's ``count`` is kept >= the rows it covers: it goes up before a row is inserted
-    and down after rows are deleted, so a crash between the two steps leaves it too high (a
-    leaked slot), never too low. A leak heals itself: when the conditional ``$inc`` fails, the
-    owner's rows that had expired by the new message's ``inc_time`` are first taken out of the
-    counter (marked ``uncounted``, so ``get`` and ``delete_expired`` still see them), and then, if
-    the owner's last reservation is older than ``quota_grace`` seconds, the counter is re-synced
-    to a recount of its rows. The grace period is the price of exactness: a reservation whose
-    insert has not landed yet is indistinguishable from a crashed one, so a leaked slot stays
-    blocked for up to ``quota_grace`` (default ``max(60, 10 * timeout)`` s; it must exceed the
-    time between reserving and inserting plus the clock skew between hosts). A re-sync is only
-    written when no reservation happened since it read the counter (``version``), and it
-    replaces the counter's ``epoch``: a deletion gives slots back only under the epoch it read
-    before deleting, so a deletion the recount already saw is not subtracted twice. A claim reads
-    the counters' epochs of the rows it leased and the driver remembers them (bounded), so the
-    ``delete`` of a row this driver claimed is one ``findAndModify`` plus the give-back; an epoch
-    read that early is still read before deleting, and if a re-sync replaced it meanwhile the
-    give-back is refused and the slot stays taken until the next re-sync (never too low). "Expired"
-    is judged by each store's ``inc_time``, so hosts storing for one owner need agreeing clocks.
-
-TTL backstop
-    ``exp_at`` has a TTL index (``expireAfterSeconds=ttl_delay``, default one day) so rows are
-    removed even when ``delete_expired`` never runs; reads always filter on ``exp_time > now``.
-    The delay keeps the backstop behind the ordinary purge, which also gives the quota slots
-    back (a TTL deletion cannot; its slots come back through the re-sync). ``ttl_delay=None``
-    creates no TTL index. Times beyond the datetime range get no ``exp_at``.
-
-Schema version
-    ``<table>_counters`` also holds ``{_id: "schema", version: N}`` (see :mod:`.schema_version`).
-    ``migrate()`` only raises it: documents are schemaless, missing lease fields read as unleased.
+One collection ``<table>`` holds the messages (``_id`` = mid, the layout's field names, bodies as
+BSON binary, times int64, plus ``exp_at`` for the TTL index and ``uncounted``); ``<table>_counters``
+holds the id sequence and ``<table>_owners`` one quota counter per owner. Each step is atomic on
+a real server without transactions: single-document writes and filters that re-check every
+condition. The design, the quota counter's crash safety and the TTL backstop are described in
+``docs/mongo-driver.md``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ..errors import InvalidRequest, MsiloError, StorageError, StorageUnavailable
-from ..records import NewMessage, ReleaseResult
+from ..records import MAX_INT64, MAX_TOKEN, NewMessage, ReleaseResult
 
 __all__ = [
     "INT64_MAX",
@@ -36,9 +36,9 @@ __all__ = [
 ]
 
 INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+INT64_MAX = MAX_INT64
 #: The longest lease token a driver accepts (the SQL column's width).
-TOKEN_MAX = 64
+TOKEN_MAX = MAX_TOKEN
 
 _TEXT_FIELDS = ("src_addr", "dst_addr", "username", "domain", "ctype")
 _TIME_FIELDS = ("inc_time", "exp_time", "snd_time")
