@@ -56,7 +56,7 @@ class Profile(enum.Enum):
     KAMAILIO = "kamailio"
 
 
-# What the real modules' code does, where it differs from their documentation (reference §1).
+# What the real modules' code does, where it differs from their documentation (BEHAVIOUR.md §1.2).
 _PRESETS: dict[Profile, dict[str, Any]] = {
     Profile.LIBMSILO: {},
     Profile.OPENSIPS: {"sc_mid": "id", "check_time": 60, "clean_period": 10, "add_contact": True},

@@ -211,7 +211,7 @@ class Silo:
             try:
                 msg = sendable(build(row))
             except InvalidRequest as exc:
-                # Skip it and go on: one bad row must not block the others [§9.4].
+                # Skip it and go on: one bad row must not block the others [BEHAVIOUR.md §3.6].
                 log.warning("stored message %d cannot be sent: %s", row.mid, exc)
                 self._carry_out(self._deliveries.unsendable(row.mid, token, kind))
                 continue

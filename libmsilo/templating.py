@@ -1,10 +1,10 @@
 """Pseudo-variable templates (``from_address``, ``offline_message``, ``contact_hdr``, ...).
 
 A template is literal text with ``$name``, ``$name(arg)`` and ``$(name(arg)[index])`` pieces filled
-in from the request, as the msilo modules do [reference §11]. It is compiled once, when settings are
-built, so an unknown variable or bad syntax is a :class:`SettingsError` then and never at request
-time. A variable without a value renders ``<null>``, as in OpenSIPS and Kamailio; rendering never
-raises because of what the request contains.
+in from the request, as the msilo modules do [BEHAVIOUR.md §7]. It is compiled once, when
+settings are built, so an unknown variable or bad syntax is a :class:`SettingsError` then and
+never at request time. A variable without a value renders ``<null>``, as in OpenSIPS and
+Kamailio; rendering never raises because of what the request contains.
 
 Syntax (OpenSIPS rules: a name runs over ``[A-Za-z0-9_]``, so ``$rUx`` is the unknown ``rUx``; write
 ``$(rU)x`` to put text right after a variable):

@@ -2,7 +2,7 @@
 
 All times are integer epoch seconds. The C modules read ``YYYYMMDDHHMMSS`` with ``mktime`` and
 ``tm_isdst = 0`` (so reminders fire an hour late during daylight saving) and silently accept short
-strings and impossible dates [reference §2.6, §9.13]; here the wall-clock time is read in an
+strings and impossible dates [BEHAVIOUR.md §2.3]; here the wall-clock time is read in an
 explicit zone with daylight saving applied, and anything malformed raises :class:`InvalidSendTime`.
 """
 

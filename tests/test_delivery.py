@@ -1,4 +1,4 @@
-"""SPEC §4 and §5: replies, leases, timers, reminders, statistics and the inbox API."""
+"""BEHAVIOUR.md §4-§6: replies, leases, timers, reminders, statistics and the inbox API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §3: m_dump — the REGISTER gate, owner, target, rows, the MESSAGE built for each row."""
+"""BEHAVIOUR.md §3: m_dump — the REGISTER gate, owner, target, rows, the MESSAGE per row."""
 
 from __future__ import annotations
 

@@ -148,7 +148,7 @@ def cases() -> list[Case]:
         ("nested", "<<sip:alice@example.com>>"),
     ]:
         c.append(refused(f"uri-{cid}", raw(text, ruri="sip:example.com")))
-    # A broken Request-URI falls back to the To URI [SPEC §2]
+    # A broken Request-URI falls back to the To URI [BEHAVIOUR.md §2.1]
     c.append(stored("ruri-broken", "alice", raw(to("alice"), ruri="sip:al%ZZ@example.com")))
     c.append(stored("ruri-no-user", "alice", raw(to("alice"), ruri="sip:example.com")))
     c.append(refused("request-line-spaces", b"MESSAGE  sip:a@b SIP/2.0\r\n\r\n"))

@@ -1,4 +1,4 @@
-"""SPEC §1: settings — names, documented defaults, validation, profiles, server configs."""
+"""BEHAVIOUR.md §1: settings — names, documented defaults, validation, profiles, server configs."""
 
 from __future__ import annotations
 

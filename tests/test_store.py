@@ -1,4 +1,4 @@
-"""SPEC §2: m_store — owner, columns, reminders, quota, limits, the offline notice."""
+"""BEHAVIOUR.md §2: m_store — owner, columns, reminders, quota, limits, the offline notice."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ EXPIRE_TIME = 259200  # the msilo default, used by both sides
 BODY = b"Hello, this is a stored benchmark message number %d."
 
 # src_addr, dst_addr, username, domain, body, ctype, inc_time, exp_time, snd_time:
-# the column order of the silo table [reference §7].
+# the column order of the silo table [BEHAVIOUR.md §8.2].
 Row = tuple[str, str, str, str, bytes, str, int, int, int]
 
 

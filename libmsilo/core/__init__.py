@@ -4,8 +4,8 @@ passed in.
 Who owns a message, which row to write, whether a REGISTER may trigger a dump, what MESSAGE to
 send, what a reply means for each delivery and when the timers are due are all decided here,
 under a frozen :class:`Policy`; :mod:`libmsilo.silo` only carries the decisions out on a driver.
-This package imports neither pydantic nor the drivers. Section numbers ``[§x]`` point into the
-msilo reference (``shared/reference/msilo-behaviour.md``).
+This package imports neither pydantic nor the drivers. Section numbers ``[BEHAVIOUR.md §x]`` point
+into ``docs/BEHAVIOUR.md``, the project's description of what it does.
 """
 
 from .delivery import (

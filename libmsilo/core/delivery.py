@@ -1,4 +1,5 @@
-"""Delivery state: the in-flight deliveries of one ``Silo`` and what each reply means [§4].
+"""Delivery state: the in-flight deliveries of one ``Silo`` and what each reply means
+[BEHAVIOUR.md §4].
 
 :class:`DeliveryTracker` takes events (a message was sent, a reply came, a send failed, a stored
 row cannot be sent, the clock moved) and returns :class:`Action` values; the facade carries them
@@ -65,7 +66,7 @@ class ReplyOutcome(enum.Enum):
 
 
 def classify_reply(status_code: int) -> ReplyClass:
-    """Map a SIP status code to its meaning for the stored message [§4]."""
+    """Map a SIP status code to its meaning for the stored message [BEHAVIOUR.md §4]."""
     if (
         isinstance(status_code, bool)
         or not isinstance(status_code, int)

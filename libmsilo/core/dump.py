@@ -1,4 +1,5 @@
-"""m_dump: the REGISTER gate, the delivery target and the MESSAGE built for a row [§3, §5]."""
+"""m_dump: the REGISTER gate, the delivery target and the MESSAGE built for a row
+[BEHAVIOUR.md §3, §5.2]."""
 
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ def _accepts_message(contact: NameAddr, allow: frozenset[str] | None) -> bool:
 
 
 def plan_dump(request: SipRequest | None) -> DumpPlan:
-    """The REGISTER gate [§3.3]: no dump when the registration removes the binding, has no
-    Contact, or shows that the UA does not accept MESSAGE. Other methods always pass."""
+    """The REGISTER gate [BEHAVIOUR.md §3.1]: no dump when the registration removes the
+    binding, has no Contact, or shows that the UA does not accept MESSAGE. Other methods always
+    pass."""
     if request is None or request.method.upper() != "REGISTER":
         return DumpPlan(True)
     if request.contact_star:
@@ -83,13 +85,15 @@ def plan_dump(request: SipRequest | None) -> DumpPlan:
 
 @lru_cache(maxsize=256)
 def is_text_plain(ctype: str) -> bool:
-    """Whether a stored Content-Type parses as ``text/plain`` (parameters allowed) [§3.6]."""
+    """Whether a stored Content-Type parses as ``text/plain`` (parameters allowed)
+    [BEHAVIOUR.md §3.5]."""
     mime = ctype.split(";", 1)[0].strip()
     return bool(MIME.fullmatch(mime)) and mime.lower() == "text/plain"
 
 
 def _prefixed(kind: str, when: int, msg: StoredMessage, policy: Policy) -> bytes:
-    # Every body size gets the prefix: the modules silently skip it above 978 bytes [§9.17].
+    # Every body size gets the prefix: the modules silently skip it above 978 bytes
+    # [BEHAVIOUR.md §3.5].
     if not policy.add_date or not is_text_plain(msg.ctype):
         return msg.body
     return f"[{kind} message - {ctime24(when, policy.zone)}] ".encode() + msg.body
@@ -102,7 +106,8 @@ def _stored_value(value: str, what: str, mid: int) -> str:
 
 
 def dump_target(plan: DumpPlan, policy: Policy, contact: str | None) -> str | None:
-    """The Request-URI of dumped messages, or None for each row's stored To URI [§3.6]."""
+    """The Request-URI of dumped messages, or None for each row's stored To URI
+    [BEHAVIOUR.md §3.3]."""
     if contact is not None:
         return str(parse_uri_argument(contact))
     if plan.contact is not None and policy.dump_to_contact:
@@ -111,7 +116,8 @@ def dump_target(plan: DumpPlan, policy: Policy, contact: str | None) -> str | No
 
 
 def _type_and_contact(msg: StoredMessage, contact: str, policy: Policy) -> list[tuple[str, str]]:
-    """The Content-Type and the ``;msilo=yes`` Contact marker of a sent row [§3.6, §5]."""
+    """The Content-Type and the ``;msilo=yes`` Contact marker of a sent row
+    [BEHAVIOUR.md §3.5, §5.2]."""
     headers: list[tuple[str, str]] = []
     if msg.ctype:
         headers.append(("Content-Type", _stored_value(msg.ctype, "ctype", msg.mid)))
@@ -123,7 +129,8 @@ def _type_and_contact(msg: StoredMessage, contact: str, policy: Policy) -> list[
 def dump_message(
     msg: StoredMessage, policy: Policy, target: str | None, token: str | None
 ) -> OutgoingMessage:
-    """The MESSAGE that delivers one stored row [§3.6]; ``InvalidRequest`` if it cannot be built."""
+    """The MESSAGE that delivers one stored row [BEHAVIOUR.md §3.5]; ``InvalidRequest`` if it
+    cannot be built."""
     src = _stored_value(msg.src_addr, "src_addr", msg.mid)
     dst = _stored_value(msg.dst_addr, "dst_addr", msg.mid)
     headers = [("Date", rfc1123(msg.inc_time))] if msg.inc_time > 0 else []
@@ -153,8 +160,9 @@ def _reminder_target(user: str, domain: str) -> str:
 
 
 def reminder_message(msg: StoredMessage, policy: Policy, token: str | None) -> OutgoingMessage:
-    """The MESSAGE that delivers a due reminder [§5]: to ``sip:user@domain`` (``tel:number`` for
-    a ``tel:`` owner without phone-context), from ``reminder``, no Date header."""
+    """The MESSAGE that delivers a due reminder [BEHAVIOUR.md §5.2]: to ``sip:user@domain``
+    (``tel:number`` for a ``tel:`` owner without phone-context), from ``reminder``, no Date
+    header."""
     if policy.reminder is None:
         raise InvalidRequest("reminders are off (no reminder From URI)")
     user = _stored_value(msg.username, "username", msg.mid)

@@ -8,7 +8,8 @@ from ..errors import InvalidRequest
 from ..message import OutgoingMessage
 from ..records import MAX_INT64, MAX_TOKEN
 
-# Column sizes of the C modules' silo table [§7]: longer values are refused, never truncated.
+# Column sizes of the C modules' silo table [BEHAVIOUR.md §8.2]: longer values are refused,
+# never truncated.
 MAX_ADDR = 255
 MAX_OWNER_PART = 64
 MAX_CTYPE = 255

@@ -1,4 +1,4 @@
-"""The "recipient is offline" notice sent back to the sender [§2.9]."""
+"""The "recipient is offline" notice sent back to the sender [BEHAVIOUR.md §2.6]."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def _is_loop(request: SipRequest, ours: URI) -> bool:
 
 
 def notice_target(request: SipRequest, use_contact: bool) -> str:
-    """Where the offline notice goes [§2.9]: the sender's Contact when usable, else its From."""
+    """Where the offline notice goes [BEHAVIOUR.md §2.6]: the sender's Contact when usable, else
+    its From."""
     if use_contact:
         for contact in sip_contacts(request, "offline notice"):
             # A contact only the sender's proxy can reach (WebSocket, NAT, outbound flow):
@@ -61,7 +62,7 @@ def notice_target(request: SipRequest, use_contact: bool) -> str:
 
 
 def build_notice(request: SipRequest, policy: Policy, now: int) -> OutgoingMessage | None:
-    """The "recipient is offline" notice for a stored request, or None [§2.9]."""
+    """The "recipient is offline" notice for a stored request, or None [BEHAVIOUR.md §2.6]."""
     if not policy.notices_enabled:
         return None
     from_t = policy.template("from_address")

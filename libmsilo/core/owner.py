@@ -1,4 +1,5 @@
-"""Whose message it is: the owner (AOR) of a stored message and of a dump [§2.3, §3.2]."""
+"""Whose message it is: the owner (AOR) of a stored message and of a dump
+[BEHAVIOUR.md §2.1, §3.2]."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _parse_owner(owner: str) -> URI:
 
 
 def choose_owner(request: SipRequest, owner: str | None = None) -> tuple[str, str]:
-    """The (username, domain) a stored message is filed under [§2.3].
+    """The (username, domain) a stored message is filed under [BEHAVIOUR.md §2.1].
 
     ``owner`` when given; else the current Request-URI when it is a complete address of record
     (non-empty user and host); else the To URI, as the module documentation promises.
@@ -68,7 +69,7 @@ def choose_owner(request: SipRequest, owner: str | None = None) -> tuple[str, st
 
 
 def dump_owner(request: SipRequest | None, owner: str | None) -> tuple[str, str]:
-    """The owner whose messages a dump sends: ``owner``, else the To URI [§3.2]."""
+    """The owner whose messages a dump sends: ``owner``, else the To URI [BEHAVIOUR.md §3.2]."""
     if owner is not None:
         uri = _parse_owner(owner)
         return _owner_of(uri, "owner", need_host=uri.scheme != "tel")

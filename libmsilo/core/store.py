@@ -1,4 +1,4 @@
-"""The row ``m_store`` writes: columns, expiry and the reminder time [§2.4-§2.6]."""
+"""The row ``m_store`` writes: columns, expiry and the reminder time [BEHAVIOUR.md §2.2-§2.3]."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _avp_value(request: SipRequest, name: str) -> str | None:
 def reminder_time(
     request: SipRequest, policy: Policy, send_at: datetime | int | float | str | None
 ) -> int:
-    """The reminder send time of a stored request, 0 for an ordinary message [§2.6].
+    """The reminder send time of a stored request, 0 for an ordinary message [BEHAVIOUR.md §2.3].
 
     ``send_at`` wins over the ``snd_time_avp`` AVP; a bad value raises ``InvalidSendTime``
     instead of silently storing an ordinary message as the modules do.
@@ -110,7 +110,7 @@ def build_row(
     *,
     lifetime: int | None = None,
 ) -> NewMessage:
-    """The row ``m_store`` writes for ``request`` [§2.4]; ``lifetime`` replaces the
+    """The row ``m_store`` writes for ``request`` [BEHAVIOUR.md §2.2]; ``lifetime`` replaces the
     ``expire_time`` setting. Every value is checked here, so no driver sees one it cannot
     store."""
     if len(request.body) > policy.max_body_size:
@@ -129,7 +129,8 @@ def build_row(
             f"a reminder for tel:{owner[0]} needs outbound_proxy: it is sent to that tel: URI, "
             "which has no host, so only a proxy can route it"
         )
-    # A reminder lives from its send time, so it cannot be purged before it fires [§9.8].
+    # A reminder lives from its send time, so it cannot be purged before it fires
+    # [BEHAVIOUR.md §2.3].
     start = max(now, snd_time)
     if start + lifetime > MAX_INT64:
         raise InvalidSendTime(f"send time {snd_time}: the message would expire past 2**63-1")

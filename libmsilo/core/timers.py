@@ -1,4 +1,4 @@
-"""When the timers are due: the expiry purge and the reminder sweep [§4]."""
+"""When the timers are due: the expiry purge and the reminder sweep [BEHAVIOUR.md §5]."""
 
 from __future__ import annotations
 
