@@ -55,6 +55,20 @@ def test_the_plugin_is_registered_once_under_its_entry_point_name(
     assert manager.hasplugin("msilo")
 
 
+def test_listing_the_plugin_by_module_path_as_well_is_harmless(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["libmsilo.testing.plugin"]')
+    pytester.makepyfile(
+        """
+        import libmsilo.testing.plugin as module
+
+        def test_once(pytestconfig, msilo):
+            names = [n for n, p in pytestconfig.pluginmanager.list_name_plugin() if p is module]
+            assert len(names) == 1
+        """
+    )
+    pytester.runpytest("-p", "libmsilo.testing.plugin").assert_outcomes(passed=1)
+
+
 def test_the_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x(msilo): pass")
     result = pytester.runpytest("-p", "no:msilo")

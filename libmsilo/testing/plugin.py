@@ -10,6 +10,7 @@ overrides settings; options ``--msilo-backend URL`` and ``--msilo-update-snapsho
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,26 @@ __all__ = [
     "msilo_snapshot",
 ]
 
+#: The name of the ``pytest11`` entry point (``-p no:msilo`` disables the plugin).
+ENTRY_POINT = "msilo"
+
 _CHOICES = pytest.StashKey[list[BackendChoice]]()
 _SNAPSHOTS = pytest.StashKey[dict[Path, bytes]]()
 _MEMORY = BackendChoice("memory", url="memory://")
 # The fixtures whose Silo the phones and the network attach to, most specific first.
 _SILO_FIXTURES = ("msilo_each", "msilo_backend", "msilo")
+
+
+def pytest_plugin_registered(
+    plugin: object, plugin_name: str, manager: pytest.PytestPluginManager
+) -> None:
+    # Registered under one name, this module would be refused under the other (pluggy raises):
+    # the entry point and pytest_plugins / -p with the module path each become a no-op then.
+    if plugin is not sys.modules[__name__] or plugin_name not in (ENTRY_POINT, __name__):
+        return
+    other = __name__ if plugin_name == ENTRY_POINT else ENTRY_POINT
+    if manager.get_plugin(other) is None:
+        manager.set_blocked(other)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
