@@ -1,7 +1,8 @@
 """The pytest plugin: loading, options, backend selection, snapshots, marker errors.
 
 No Docker engine runs on these machines: the container path is exercised up to the probe that
-finds none (and the URL mapping on containers' documented getters), never with real containers.
+finds none, the URL mapping on the containers' getters and the pool's bookkeeping with a stand-in
+container class, never with real containers.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import pytest
 
 import libmsilo.drivers.mongo
 import libmsilo.drivers.sql
+import libmsilo.testing.backends as backends_module
 import libmsilo.testing.plugin as plugin_module
 from libmsilo.testing.backends import (
     CONTAINER_KINDS,
+    ContainerPool,
     container_url,
     docker_problem,
     select_backends,
@@ -153,6 +156,40 @@ def test_container_urls_follow_the_containers_getters() -> None:
     # the drivers the URLs name are those of libmsilo's extras
     assert CONTAINER_KINDS["postgresql"][3] == {"driver": "psycopg"}
     assert CONTAINER_KINDS["mariadb"][3] == {"dialect": "pymysql"}
+
+
+def test_the_pool_starts_each_kind_once_and_stops_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+
+    class Fake:
+        def __init__(self, image: str, **kwargs: object) -> None:
+            self.image, self.kwargs = image, kwargs
+
+        def start(self) -> None:
+            events.append(f"start {self.image}")
+
+        def stop(self) -> None:
+            events.append(f"stop {self.image}")
+
+        def get_connection_url(self) -> str:
+            if self.image.startswith("mongo"):
+                raise RuntimeError("no port mapped")
+            return f"postgresql+psycopg://test:test@127.0.0.1:5/test?{self.kwargs['driver']}"
+
+    monkeypatch.setattr(backends_module, "_container_class", lambda module, name: Fake)
+    pool = ContainerPool()
+    url = pool.url("postgresql")
+    assert url == "postgresql+psycopg://test:test@127.0.0.1:5/test?psycopg"
+    assert pool.url("postgresql") == url
+    with pytest.raises(RuntimeError):
+        pool.url("mongodb")  # a container whose URL cannot be read is stopped at once
+    assert events == ["start postgres:16-alpine", "start mongo:7", "stop mongo:7"]
+    pool.stop()
+    assert events[-1] == "stop postgres:16-alpine"
+    pool.stop()
+    assert len(events) == 4
 
 
 # ---- the plugin in a test session of its own
