@@ -292,7 +292,7 @@ if __name__ == "__main__":
     add("--from-address", default="sip:msilo@127.0.0.1", help="From of notices, dumps")
     add("--offline-message", default="$rU is offline", help="notice text ('' sends none)")
     add("--content-type-hdr", default="Content-Type: text/plain", help="the notice's type")
-    add("--timer-f", type=float, default=64 * T1, help="relay timeout, s (default %(default)s)")
+    add("--timer-f", type=float, default=30.0, help="relay timeout (s), below the sender's 32 s")
     add("--max-expires", type=int, default=3600, help="longest binding, s (default %(default)s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
