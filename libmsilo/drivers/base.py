@@ -2,6 +2,11 @@
 
 A driver turns each method below into one atomic step on its backend and knows nothing of SIP.
 Times are integer epoch seconds (64-bit); bodies are bytes and come back byte-exact.
+
+The built-in drivers share their plumbing, :class:`DriverBase` (from :mod:`.plumbing`): each
+declares its backend's exceptions in an :class:`ErrorTable` and decorates its methods with
+:func:`storage_step`, which checks the arguments as :class:`Driver` says, translates failures
+into libmsilo's errors and retries what the table calls retryable.
 """
 
 from __future__ import annotations
@@ -17,16 +22,20 @@ from ..records import (
     StoredMessage,
     StoreLayout,
 )
+from .plumbing import DriverBase, ErrorTable, storage_step
 
 __all__ = [
     "IDENTIFIER_RE",
     "LEASE_FIELDS",
     "MESSAGE_FIELDS",
     "Driver",
+    "DriverBase",
+    "ErrorTable",
     "NewMessage",
     "ReleaseResult",
     "StoreLayout",
     "StoredMessage",
+    "storage_step",
 ]
 
 
