@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import tzinfo
 from itertools import islice
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from ..drivers import open_driver
-from ..drivers.base import MESSAGE_FIELDS, StoreLayout
+from ..drivers.base import MESSAGE_FIELDS, Driver, StoreLayout
 from ..drivers.schemes import scheme_of
 from ..errors import SettingsError
 from .workload import RawMessage, Row, render_dump, render_reminder
@@ -28,6 +28,12 @@ def _chunks(rows: Iterable[Row], size: int = _CHUNK) -> Iterator[list[Row]]:
     it = iter(rows)
     while chunk := list(islice(it, size)):
         yield chunk
+
+
+def _server(url: str, default_port: int) -> tuple[str, int, str | None, str | None, str | None]:
+    """(host, port, user, password, database) of a server URL."""
+    u = make_url(url)
+    return u.host or "localhost", u.port or default_port, u.username, u.password, u.database
 
 
 class _RawSQL:
@@ -51,24 +57,20 @@ class _RawSQL:
         self.delete_sql = f"DELETE FROM {table} WHERE mid = {p}"
         self.purge_sql = f"DELETE FROM {table} WHERE exp_time <= {p}"
 
-    def _driver_layout(self) -> StoreLayout:
-        return StoreLayout(table=self.table)
+    def _on_driver(self, step: Callable[[Driver], None]) -> None:
+        driver = open_driver(self.url, StoreLayout(table=self.table))
+        try:
+            step(driver)
+        finally:
+            driver.close()
 
     def create(self) -> None:
         """Create the table with libmsilo's own DDL, so both sides have the same indexes."""
-        driver = open_driver(self.url, self._driver_layout())
-        try:
-            driver.create_schema()
-        finally:
-            driver.close()
+        self._on_driver(lambda d: d.create_schema())
 
     def drop(self) -> None:
         """Drop the table (through libmsilo's DDL, which knows every index it made)."""
-        driver = open_driver(self.url, self._driver_layout())
-        try:
-            driver.drop_schema()
-        finally:
-            driver.close()
+        self._on_driver(lambda d: d.drop_schema())
 
     def close(self) -> None:
         """Close the connection."""
@@ -161,14 +163,9 @@ class RawPostgres(_Returning):
         import psycopg
 
         super().__init__(url, table, zone)
-        u = make_url(url)
+        host, port, user, password, database = _server(url, 5432)
         self.conn = psycopg.connect(
-            host=u.host or "localhost",
-            port=u.port or 5432,
-            user=u.username,
-            password=u.password,
-            dbname=u.database,
-            autocommit=True,
+            host=host, port=port, user=user, password=password, dbname=database, autocommit=True
         )
         set_lease = f"UPDATE {table} SET lease_token = %s, lease_until = %s"
 
@@ -211,13 +208,13 @@ class RawMySQL(_RawSQL):
         import pymysql
 
         super().__init__(url, table, zone)
-        u = make_url(url)
+        host, port, user, password, database = _server(url, 3306)
         self.conn = pymysql.connect(
-            host=u.host or "localhost",
-            port=u.port or 3306,
-            user=u.username or "root",
-            password=u.password or "",
-            database=u.database,
+            host=host,
+            port=port,
+            user=user or "root",
+            password=password or "",
+            database=database,
             autocommit=True,
         )
         with self.conn.cursor() as cur:
