@@ -385,6 +385,49 @@ def test_invalid_values_are_refused_before_a_slot_is_taken(make: Factory) -> Non
     assert driver.insert(make_message(), 1) is not None
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OperationFailure("document failed validation", 121),
+        ValueError("an encoder's raw error"),
+        UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed"),
+    ],
+    ids=["server_refused", "value_error", "unicode"],
+)
+def test_an_insert_that_fails_after_the_reservation_gives_the_slot_back(
+    make: Factory, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    driver = make()
+    assert driver.insert(make_message(), 1) is not None
+    driver.delete_expired(NOW + 7200)  # the counter exists and is at 0
+
+    def refuse(doc: Any) -> int:
+        raise failure
+
+    monkeypatch.setattr(driver, "_insert_row", refuse)
+    with pytest.raises((StorageError, InvalidRequest)):  # libmsilo's errors only
+        driver.insert(make_message(), 1)
+    assert _counter(driver) == 0
+    monkeypatch.undo()
+    assert driver.insert(make_message(), 1) is not None
+
+
+def test_a_lost_connection_during_the_insert_keeps_the_slot(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = make()
+    assert driver.insert(make_message(), 1) is not None
+    driver.delete_expired(NOW + 7200)
+
+    def lost(doc: Any) -> int:
+        raise AutoReconnect("connection reset")
+
+    monkeypatch.setattr(driver, "_insert_row", lost)
+    with pytest.raises(StorageUnavailable):
+        driver.insert(make_message(), 1)
+    assert _counter(driver) == 1  # the row may have landed: never too low
+
+
 def test_counter_is_rebuilt_when_missing(make: Factory) -> None:
     driver = make()
     for _ in range(3):

@@ -97,7 +97,8 @@ class MongoDriver(DriverBase):
     errors = ErrorTable(
         "MongoDB",
         unavailable=(ConnectionFailure,),
-        failed=(PyMongoError, BSONError),
+        # ValueError: what the client or the BSON encoder raises for a value it cannot take.
+        failed=(PyMongoError, BSONError, ValueError),
         invalid=(UnicodeError, OverflowError, InvalidDocument),  # incl. DocumentTooLarge
     )
 
