@@ -1,5 +1,11 @@
 """The driver conformance suite: every storage driver must pass all of it unchanged.
 
+Besides the behaviour of each method it checks the contract's boundaries and error paths (see
+:class:`libmsilo.drivers.base.Driver`): int64 times, lease token lengths, message ids of every
+kind, values of the wrong type or that UTF-8 cannot encode (``InvalidRequest``, nothing stored,
+no quota slot taken), that only libmsilo errors leave a driver, and ``ping()``. A driver built
+on :class:`libmsilo.drivers.plumbing.DriverBase` gets the argument checks from ``storage_step``.
+
 Subclass :class:`DriverConformance` in a pytest module and provide a fixture named ``driver`` that
 yields a fresh, empty driver with ``create_schema()`` done (and cleans up afterwards)::
 
