@@ -28,6 +28,7 @@ from rich.table import Table
 from . import cli_bench
 from .core import split_owner_uri
 from .drivers.plumbing import ping
+from .drivers.schemes import SCHEMES
 from .errors import InvalidURI, MsiloError, StorageError
 from .masking import mask_url
 from .message import OutgoingMessage, SipRequest
@@ -135,7 +136,8 @@ def _silo(settings: MsiloSettings, *, create: bool = False) -> Iterator[Silo]:
 def _require_sqlite_file(url: str) -> None:
     """Refuse a SQLite file that does not exist (opening it would create an empty one)."""
     scheme, _, rest = url.partition("://")
-    if scheme.partition("+")[0].lower() != "sqlite":
+    known = SCHEMES.get(scheme.partition("+")[0].lower())
+    if known is None or known.backend != "sqlite":
         return
     path = rest[1:].partition("?")[0]  # sqlite:///relative.db, sqlite:////absolute.db
     if path in ("", ":memory:") or path.startswith("file:") or "mode=memory" in rest:
