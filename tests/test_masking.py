@@ -240,6 +240,21 @@ def test_config_masks_db_url_unless_asked(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["db_url"] == f"mysql://opensips:{SECRET}@localhost/opensips"
 
 
+def test_config_masks_a_kamailio_define(tmp_path: Path) -> None:
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(
+        f'#!define DBURL "mysql://kamailio:{SECRET}@localhost/kamailio"\n'
+        'modparam("msilo", "db_url", DBURL)\n'
+    )
+    result = runner.invoke(app, ["config", "--kamailio", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output and "mysql://kamailio:***@localhost" in result.output
+    bad = tmp_path / "bad.cfg"  # an error about the config must not quote the URL either
+    bad.write_text(f'modparam("msilo", "db_url", "mysql://k:{SECRET}@h/k")\nmodparam("msilo",\n')
+    result = runner.invoke(app, ["config", "--kamailio", str(bad)])
+    assert SECRET not in _shown(result)
+
+
 # ---- msilo bench ------------------------------------------------------------------------------
 
 
