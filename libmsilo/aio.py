@@ -1,8 +1,9 @@
 """``AsyncSilo``: the ``Silo`` API for asyncio hosts.
 
 Storage calls block on the database, so each runs in a worker thread (``asyncio.to_thread``) and
-the event loop keeps serving SIP traffic meanwhile. The decisions are the same code as ``Silo``'s:
-this facade only changes how the calls are awaited.
+the event loop keeps serving SIP traffic meanwhile; concurrent tasks' stores and acks meet in the
+``Silo``'s group commit (their worker threads share batches). The decisions are the same code as
+``Silo``'s: this facade only changes how the calls are awaited.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from types import TracebackType
 
 from .core import Policy, StoreResult
 from .drivers.base import Driver
+from .errors import MsiloError
 from .message import OutgoingMessage, SipRequest
 from .records import StoredMessage
 from .settings import MsiloSettings
@@ -127,6 +129,29 @@ class AsyncSilo:
     ) -> ReplyOutcome:
         """:meth:`Silo.on_reply`."""
         return await asyncio.to_thread(self.silo.on_reply, mid, status_code, token=token)
+
+    async def store_many(
+        self,
+        requests: Iterable[SipRequest],
+        *,
+        notify: bool = True,
+        expire_time: int | None = None,
+        max_messages: int | None = None,
+    ) -> list[StoreResult | MsiloError]:
+        """:meth:`Silo.store_many`."""
+        return await asyncio.to_thread(
+            self.silo.store_many,
+            list(requests),
+            notify=notify,
+            expire_time=expire_time,
+            max_messages=max_messages,
+        )
+
+    async def on_replies(
+        self, replies: Iterable[tuple[int, int, str | None]]
+    ) -> list[ReplyOutcome | MsiloError]:
+        """:meth:`Silo.on_replies`."""
+        return await asyncio.to_thread(self.silo.on_replies, list(replies))
 
     async def send_failed(self, msg: OutgoingMessage) -> ReplyOutcome:
         """:meth:`Silo.send_failed`."""

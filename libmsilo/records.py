@@ -129,6 +129,9 @@ class DriverOptions:
     """Backend-independent connection options."""
 
     timeout: float = 5.0  # seconds for connecting and for one storage step
+    #: Most connections the driver opens to its server at once (a cluster: per node); callers
+    #: beyond it wait for a free one at most ``timeout`` seconds, then get StorageUnavailable.
+    pool_size: int = 10
     # Redis (other drivers ignore them): each write waits until this many replicas hold it
     # (WAIT), and with wait_aof the local append-only file too (WAITAOF, Redis 7.2+), at most
     # wait_timeout seconds.

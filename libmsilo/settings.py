@@ -126,6 +126,10 @@ class MsiloSettings(BaseSettings):
     max_attempts: int = Field(0, ge=0)
     notify_loop_guard: bool = True
     db_timeout: float = Field(5.0, gt=0)
+    db_pool_size: int = Field(10, ge=1)
+    group_commit: bool = True
+    group_commit_size: int = Field(64, ge=1)
+    group_commit_wait: float = Field(0.0, ge=0, le=1)
     redis_wait_replicas: int = Field(0, ge=0)
     redis_wait_timeout: float = Field(1.0, gt=0)
     redis_wait_aof: bool = False
@@ -298,9 +302,11 @@ class MsiloSettings(BaseSettings):
         )
 
     def driver_options(self) -> DriverOptions:
-        """Connection options for the driver: ``db_timeout`` and the Redis write waits."""
+        """Connection options for the driver: ``db_timeout``, ``db_pool_size`` and the Redis
+        write waits."""
         return DriverOptions(
             timeout=self.db_timeout,
+            pool_size=self.db_pool_size,
             wait_replicas=self.redis_wait_replicas,
             wait_timeout=self.redis_wait_timeout,
             wait_aof=self.redis_wait_aof,

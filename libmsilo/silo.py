@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from types import TracebackType
@@ -40,9 +40,11 @@ from .core import (
 )
 from .drivers import open_driver
 from .drivers.base import Driver
+from .drivers.batch import delete_many, insert_many, release_many
 from .errors import InvalidRequest, MsiloError
+from .group_commit import GroupCommit
 from .message import MessageKind, OutgoingMessage, SipRequest
-from .records import ReleaseResult, StoredMessage
+from .records import NewMessage, ReleaseResult, StoredMessage
 from .settings import MsiloSettings
 
 __all__ = ["ReplyOutcome", "Silo", "Stats", "TimerThread"]
@@ -80,6 +82,12 @@ class Silo:
         self._counts = dict.fromkeys((f.name for f in fields(Stats)), 0)
         self._deliveries = DeliveryTracker(self.policy.lease_seconds)
         self._schedule = TimerSchedule()
+        # Group commit: concurrent stores, acks and releases share one batch per flush.
+        size, wait = self.settings.group_commit_size, self.settings.group_commit_wait
+        self._group = self.settings.group_commit
+        self._inserts = GroupCommit(self._flush_inserts, max_batch=size, max_wait=wait)
+        self._deletes = GroupCommit(self._flush_deletes, max_batch=size, max_wait=wait)
+        self._releases = GroupCommit(self._flush_releases, max_batch=size, max_wait=wait)
 
     @classmethod
     def from_settings(
@@ -146,6 +154,54 @@ class Silo:
         returns: a notice that cannot be built is logged and named in ``notice_error``.
         """
         now = self._now()
+        row, quota = self._row(request, owner, now, send_at, expire_time, max_messages)
+        mid = self._inserts.submit((row, quota)) if self._group else self.driver.insert(row, quota)
+        return self._stored(request, row, mid, now, notify)
+
+    def store_many(
+        self,
+        requests: Iterable[SipRequest],
+        *,
+        notify: bool = True,
+        expire_time: int | None = None,
+        max_messages: int | None = None,
+    ) -> list[StoreResult | MsiloError]:
+        """:meth:`store` for each request (each for the owner it names), stored together in
+        one batch of the driver (one transaction, one pipeline). One result per request, in
+        order: its :class:`StoreResult`, or the error that request alone raised (a request
+        that cannot be stored, or the store out of reach for the whole batch)."""
+        now = self._now()
+        items = list(requests)
+        results: list[StoreResult | MsiloError] = []
+        rows: list[tuple[int, NewMessage, int]] = []
+        for i, request in enumerate(items):
+            try:
+                row, quota = self._row(request, None, now, None, expire_time, max_messages)
+            except MsiloError as exc:
+                results.append(exc)
+                continue
+            results.append(StoreResult(StoreStatus.QUOTA_EXCEEDED))  # replaced below
+            rows.append((i, row, quota))
+        mids = self._flush_inserts([(row, quota) for _, row, quota in rows])
+        for (i, row, _), mid in zip(rows, mids, strict=True):
+            if isinstance(mid, MsiloError):
+                results[i] = mid
+            elif isinstance(mid, BaseException):
+                raise mid
+            else:
+                results[i] = self._stored(items[i], row, mid, now, notify)
+        return results
+
+    def _row(
+        self,
+        request: SipRequest,
+        owner: str | None,
+        now: int,
+        send_at: datetime | int | float | str | None,
+        expire_time: int | None,
+        max_messages: int | None,
+    ) -> tuple[NewMessage, int]:
+        """The row to store for ``request`` and the owner's quota."""
         limits = store_limits(self.policy, expire_time, max_messages)
         row = build_row(
             request,
@@ -155,7 +211,12 @@ class Silo:
             reminder_time(request, self.policy, send_at),
             lifetime=limits.lifetime,
         )
-        mid = self.driver.insert(row, limits.quota)
+        return row, limits.quota
+
+    def _stored(
+        self, request: SipRequest, row: NewMessage, mid: int | None, now: int, notify: bool
+    ) -> StoreResult:
+        """The result of storing ``request`` as ``row`` with id ``mid`` (None: quota)."""
         if mid is None:
             log.info("quota reached for %s@%s; not stored", row.username, row.domain)
             return StoreResult(StoreStatus.QUOTA_EXCEEDED)
@@ -237,22 +298,99 @@ class Silo:
         """Report that the host could not send ``msg``: a failed attempt, retried later."""
         return self._carry_out(self._deliveries.send_failed(msg.mid, msg.lease_token))
 
+    def on_replies(
+        self, replies: Iterable[tuple[int, int, str | None]]
+    ) -> list[ReplyOutcome | MsiloError]:
+        """:meth:`on_reply` for each ``(mid, status_code, token)``, the storage steps of all
+        carried out together (one batch delete for the 2xx answers). One result per reply, in
+        order: its :class:`ReplyOutcome`, or the error that reply alone raised."""
+        actions: list[Action | MsiloError] = []
+        for mid, code, token in replies:
+            try:
+                actions.append(self._resolve(self._deliveries.reply(mid, code, token)))
+            except MsiloError as exc:
+                actions.append(exc)
+        results: dict[int, bool | ReleaseResult | BaseException] = {}
+        for op, flush in ((Op.DELETE, self._flush_deletes), (Op.RELEASE, self._flush_releases)):
+            steps = [(i, a) for i, a in enumerate(actions) if isinstance(a, Action) and a.op is op]
+            if steps:
+                results.update(
+                    zip([i for i, _ in steps], flush([a for _, a in steps]), strict=True)
+                )
+        out: list[ReplyOutcome | MsiloError] = []
+        for i, action in enumerate(actions):
+            result = results.get(i)
+            if isinstance(action, MsiloError):
+                out.append(action)
+            elif isinstance(result, MsiloError):
+                out.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                out.append(self._settle(action, result))
+        return out
+
     def _carry_out(self, action: Action) -> ReplyOutcome:
-        if action.op is Op.LOOKUP:
-            action = self._deliveries.on_row(action, self.driver.get(action.mid))
+        action = self._resolve(action)
         result: bool | ReleaseResult | None = None
         if action.op is Op.DELETE:
-            result = self.driver.delete(action.mid)
+            result = self._deletes.submit(action) if self._group else self.driver.delete(action.mid)
         elif action.op is Op.RELEASE:
-            result = self.driver.release(
-                action.mid,
-                action.token,
-                to_offline=action.reminder,
-                max_attempts=self.policy.max_attempts,
-            )
+            if self._group:
+                result = self._releases.submit(action)
+            else:
+                result = self.driver.release(
+                    action.mid,
+                    action.token,
+                    to_offline=action.reminder,
+                    max_attempts=self.policy.max_attempts,
+                )
+        return self._settle(action, result)
+
+    def _resolve(self, action: Action) -> Action:
+        """A LOOKUP action decided on the stored row; any other action as it is."""
+        if action.op is Op.LOOKUP:
+            return self._deliveries.on_row(action, self.driver.get(action.mid))
+        return action
+
+    def _settle(self, action: Action, result: bool | ReleaseResult | None) -> ReplyOutcome:
         settled = settle(action, result)
         self._count(*settled.counters)
         return settled.outcome
+
+    # ---- batch flushes (group commit, store_many, on_replies)
+
+    def _flush_inserts(
+        self, items: Sequence[tuple[NewMessage, int]]
+    ) -> list[int | BaseException | None]:
+        """Insert ``items`` (row, quota): one driver batch per distinct quota."""
+        results: list[int | BaseException | None] = [None] * len(items)
+        by_quota: dict[int, list[int]] = {}
+        for i, (_, quota) in enumerate(items):
+            by_quota.setdefault(quota, []).append(i)
+        for quota, where in by_quota.items():
+            rows = [items[i][0] for i in where]
+            got: Sequence[int | BaseException | None]
+            try:
+                got = insert_many(self.driver, rows, quota)
+            except MsiloError as exc:
+                got = [exc] * len(rows)
+            for i, mid in zip(where, got, strict=True):
+                results[i] = mid
+        return results
+
+    def _flush_deletes(self, actions: Sequence[Action]) -> list[bool | BaseException]:
+        try:
+            return list(delete_many(self.driver, [a.mid for a in actions]))
+        except MsiloError as exc:
+            return [exc] * len(actions)
+
+    def _flush_releases(self, actions: Sequence[Action]) -> list[ReleaseResult | BaseException]:
+        releases = [(a.mid, a.token, a.reminder) for a in actions]
+        try:
+            return list(release_many(self.driver, releases, self.policy.max_attempts))
+        except MsiloError as exc:
+            return [exc] * len(actions)
 
     # ---- timers
 

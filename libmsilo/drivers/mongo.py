@@ -668,7 +668,8 @@ def open_mongo(url: str, layout: StoreLayout, options: DriverOptions) -> MongoDr
     """Factory for ``mongodb://``, ``mongodb+srv://`` and (tests only) ``mongomock://`` URLs.
 
     The database is the URL's path (default ``msilo``). ``options.timeout`` becomes the server
-    selection, connect and socket timeouts unless the URL sets them itself.
+    selection, connect and socket timeouts and the pool's wait, ``options.pool_size`` its
+    ``maxPoolSize``, unless the URL sets them itself.
     """
     if scheme_of(url, "mongo").backend == "mongomock":
         name = urlsplit(url).path.lstrip("/") or DEFAULT_DATABASE
@@ -679,6 +680,9 @@ def open_mongo(url: str, layout: StoreLayout, options: DriverOptions) -> MongoDr
         for key in ("serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS")
         if key.lower() not in given
     }
+    # At most pool_size connections per server; a caller waits for one at most the timeout.
+    pool = {"maxPoolSize": options.pool_size, "waitQueueTimeoutMS": _milliseconds(options.timeout)}
+    timeouts.update({key: value for key, value in pool.items() if key.lower() not in given})
     try:
         client: MongoClient[Doc] = MongoClient(url, appname="libmsilo", **timeouts)
     except (ConfigurationError, ValueError) as exc:  # InvalidURI, bad ports, failed SRV lookups

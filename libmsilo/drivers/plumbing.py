@@ -13,12 +13,13 @@ import functools
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ..errors import InvalidRequest, MsiloError, StorageError, StorageUnavailable
 from ..records import MAX_INT64, MAX_TOKEN, NewMessage, ReleaseResult
+from . import batch
 
 __all__ = [
     "INT64_MAX",
@@ -117,6 +118,24 @@ class DriverBase:
 
     def ping(self) -> None:
         """Answer when the store is usable (the default: always)."""
+
+    # The batch steps (see :mod:`.batch`); a driver overrides them with native ones.
+
+    def insert_many(
+        self, msgs: Sequence[NewMessage], max_messages: int = 0
+    ) -> list[int | MsiloError | None]:
+        """``insert`` for each message: its id, None (quota) or its own error."""
+        return batch.insert_each(self, msgs, max_messages)
+
+    def delete_many(self, mids: Sequence[int]) -> list[bool | MsiloError]:
+        """``delete`` for each id: whether it existed, or its own error."""
+        return batch.delete_each(self, mids)
+
+    def release_many(
+        self, releases: Sequence[batch.Release], max_attempts: int = 0
+    ) -> list[ReleaseResult | MsiloError]:
+        """``release`` for each (mid, token, to_offline): its result or its own error."""
+        return batch.release_each(self, releases, max_attempts)
 
 
 def ping(driver: object) -> None:

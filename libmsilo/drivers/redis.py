@@ -48,11 +48,11 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from ..errors import SettingsError, StorageUnavailable
+from ..errors import MsiloError, SettingsError, StorageUnavailable
 from ..masking import mask_url
-from . import DriverOptions
+from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
-from .plumbing import DriverBase, ErrorTable, storage_step
+from .plumbing import DriverBase, ErrorTable, check_ints, check_message, check_mid, storage_step
 from .redis_durability import WaitPolicy, prepare
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
 from .schema_version import SCHEMA_VERSION, check_version
@@ -390,8 +390,108 @@ class RedisDriver(DriverBase):
     @storage_step
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
         """Store ``msg`` unless its owner is at quota (checked inside the insert script)."""
+        call, mid = self._insert_call(msg, int(self.client.incr(self._seq_key)), max_messages)
+        if not self._run(*call):
+            return None
+        if self._bucket_base:
+            return mid
+        self._index_new([(mid, msg)])
+        return mid
+
+    def insert_many(
+        self, msgs: Sequence[NewMessage], max_messages: int = 0
+    ) -> list[int | MsiloError | None]:
+        """Store ``msgs``: one INCRBY takes their ids, one pipeline runs their insert scripts
+        (each still one atomic step in its owner's slot, quota checked inside)."""
+        check_ints(max_messages=max_messages)
+        if len(msgs) <= 1:
+            return batch.insert_each(self, msgs, max_messages)
+        results: list[int | MsiloError | None] = [None] * len(msgs)
+        todo: list[int] = []
+        for i, msg in enumerate(msgs):
+            try:
+                check_message(msg)
+                todo.append(i)
+            except MsiloError as exc:
+                results[i] = exc
+        if todo:
+            stored = self._step(lambda: self._insert_batch([msgs[i] for i in todo], max_messages))
+            for i, mid in zip(todo, stored, strict=True):
+                results[i] = mid
+        return results
+
+    def _insert_batch(self, msgs: Sequence[NewMessage], max_messages: int) -> list[int | None]:
+        last = int(self.client.incrby(self._seq_key, len(msgs)))
+        calls: list[Call] = []
+        mids: list[int] = []
+        for seq, msg in enumerate(msgs, start=last - len(msgs) + 1):
+            call, mid = self._insert_call(msg, seq, max_messages)
+            calls.append(call)
+            mids.append(mid)
+        done = self._run_many(calls)
+        stored = [(mid, msg) for mid, msg, ok in zip(mids, msgs, done, strict=True) if ok]
+        if stored and not self._bucket_base:
+            self._index_new(stored)
+        return [mid if ok else None for mid, ok in zip(mids, done, strict=True)]
+
+    def _index_new(self, stored: Sequence[tuple[int, NewMessage]]) -> None:
+        """Cluster only: add new messages to the bucket indexes; should that fail, delete them
+        again (without their index entries they would never expire nor be reminded)."""
+        calls: list[Call] = [
+            ("index", self._buckets[mid % BUCKETS], (mid, msg.exp_time, msg.snd_time))
+            for mid, msg in stored
+        ]
+        try:
+            if len(calls) == 1:
+                self._run(*calls[0])
+            else:
+                self._run_many(calls)
+        except rexc.RedisError:
+            undo: list[Call] = [
+                (
+                    "delete",
+                    (self._msg_key(mid),),
+                    (_group_base(self._prefix, mid % GROUPS), mid),
+                )
+                for mid, _ in stored
+            ]
+            try:
+                self._run_many(undo)
+            except rexc.RedisError:
+                log.warning("redis: %d messages stored without their index entries", len(stored))
+            raise
+
+    def delete_many(self, mids: Sequence[int]) -> list[bool | MsiloError]:
+        """Delete messages with one pipeline of delete scripts, then their bucket entries."""
+        results: list[bool | MsiloError] = [False] * len(mids)
+        todo: list[int] = []
+        for i, mid in enumerate(mids):
+            try:
+                if check_mid(mid):
+                    todo.append(i)
+            except MsiloError as exc:
+                results[i] = exc
+        if todo:
+            calls: list[Call] = []
+            for i in todo:
+                base = _group_base(self._prefix, mids[i] % GROUPS)
+                calls.append(("delete", (base + b"m:%d" % mids[i],), (base, mids[i])))
+
+            def run() -> list[Any]:
+                done = self._run_many(calls)
+                self._unindex(
+                    [mids[i] for i, ok in zip(todo, done, strict=True) if ok], also_exp=True
+                )
+                return done
+
+            for i, ok in zip(todo, self._step(run), strict=True):
+                results[i] = bool(ok)
+        return results
+
+    def _insert_call(self, msg: NewMessage, seq: int, max_messages: int) -> tuple[Call, int]:
+        """The insert script call of ``msg`` with sequence number ``seq``, and its id."""
         group, exp_key, off_key = _owner_keys(self._prefix, msg.username, msg.domain)
-        mid = int(self.client.incr(self._seq_key)) * GROUPS + group
+        mid = seq * GROUPS + group
         msg_key = b"{%s:g%d}:m:%d" % (self._prefix, group, mid)
         inc, exp, snd = msg.inc_time, msg.exp_time, msg.snd_time
         f = self._fields
@@ -409,21 +509,7 @@ class RedisDriver(DriverBase):
             *(f["snd_time"], snd),
             *(f["attempts"], 0),
         )
-        if not self._run("insert", (exp_key, off_key, msg_key), args):
-            return None
-        if self._bucket_base:
-            return mid
-        try:
-            self._run("index", self._buckets[mid % BUCKETS], (mid, exp, snd))
-        except rexc.RedisError:
-            # Leave the store as it was: without its index entries the message would never
-            # expire nor be reminded.
-            try:
-                self._run("delete", (msg_key,), (_group_base(self._prefix, group), mid))
-            except rexc.RedisError:
-                log.warning("redis: message %d stored without its index entries", mid)
-            raise
-        return mid
+        return ("insert", (exp_key, off_key, msg_key), args), mid
 
     @storage_step
     def claim(
@@ -635,7 +721,9 @@ def _cluster_nodes(url: str) -> tuple[list[ClusterNode], dict[str, Any]]:
 def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDriver:
     """Factory for ``redis://``, ``rediss://`` (TLS) and ``redis+cluster://host:port,...``.
 
-    The connection opens on first use; ``options.timeout`` bounds connecting and each reply.
+    The connection opens on first use; ``options.timeout`` bounds connecting, each reply and
+    the wait for one of the ``options.pool_size`` connections (standalone Redis; a cluster
+    client keeps redis-py's own pool per node).
     """
     wait = WaitPolicy(options.wait_replicas, options.wait_timeout, options.wait_aof)
     # A reply may take the wait on top of the step: the socket must not give up first.
@@ -661,13 +749,17 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
             raise SettingsError(f"db_url: {exc}") from exc
 
         def connect() -> Client:
-            return redis.Redis.from_url(
+            # At most pool_size connections; a caller waits for a free one at most the timeout.
+            pool = redis.BlockingConnectionPool.from_url(
                 url,
+                max_connections=options.pool_size,
+                timeout=options.timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 # One quick retry for a pooled connection the server has closed; scripts are
                 # safe to repeat (an insert recognises its own id).
                 retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
             )
+            return redis.Redis(connection_pool=pool)
 
     return RedisDriver(connect, layout, wait=wait, where=mask_url(url))

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -33,9 +33,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, StaticPool
 
 from ..errors import InvalidRequest, MsiloError, SettingsError, StorageError, StorageUnavailable
-from . import DriverOptions
+from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
-from .plumbing import DriverBase, ErrorTable, storage_step
+from .plumbing import DriverBase, ErrorTable, check_ints, check_message, check_mid, storage_step
 from .schemes import SCHEMES, scheme_of
 from .sql_migrate import check_schema, create_schema, drop_schema, migrate_schema, read_version
 from .sql_ops import NO_LIMIT, SqlOps
@@ -48,6 +48,7 @@ log = logging.getLogger("libmsilo")
 T = TypeVar("T")
 
 _TRIES = 5  # attempts of a step that hit a deadlock or serialization failure
+_DELETE_CHUNK = 500  # most ids in one DELETE … WHERE id IN (…)
 
 
 def sql_url(url: str) -> sa.URL:
@@ -189,7 +190,13 @@ class SqlDriver(DriverBase):
             tries=_TRIES,
         )
         single = url.get_backend_name() == "sqlite" and _memory_db(url)
-        self._pool = ConnectionStack(self._engine, single=single, bound=step_bound(options.timeout))
+        self._pool = ConnectionStack(
+            self._engine,
+            single=single,
+            bound=step_bound(options.timeout),
+            size=options.pool_size,
+            wait=options.timeout,
+        )
         self._table = build_table(layout, sa.MetaData())
         self._ops: SqlOps | None = None
         self._limits: ValueLimits | None = None
@@ -328,6 +335,71 @@ class SqlDriver(DriverBase):
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
         """Store ``msg``; None when the owner already holds ``max_messages`` live messages."""
         ops = self._ready()
+        params = self._row_params(ops, msg)
+        return self._run(lambda c: ops.insert(c.cursor, c.dbapi, params, max_messages))
+
+    def insert_many(
+        self, msgs: Sequence[NewMessage], max_messages: int = 0
+    ) -> list[int | MsiloError | None]:
+        """Store ``msgs`` in one transaction (see :mod:`.batch`): a message the table cannot
+        hold gets its own error; should the database refuse one row, the rest are stored one
+        by one so that only it fails."""
+        check_ints(max_messages=max_messages)
+        if len(msgs) <= 1:
+            return batch.insert_each(self, msgs, max_messages)
+        ops = self._step(self._ready)
+        results: list[int | MsiloError | None] = [None] * len(msgs)
+        todo: list[int] = []
+        rows: list[dict[str, Any]] = []
+        for i, msg in enumerate(msgs):
+            try:
+                check_message(msg)
+                rows.append(self._row_params(ops, msg))
+                todo.append(i)
+            except MsiloError as exc:
+                results[i] = exc
+        try:
+            mids: Sequence[int | MsiloError | None] = self._step(
+                lambda: self._run(lambda c: ops.insert_batch(c.cursor, c.dbapi, rows, max_messages))
+            )
+        except StorageUnavailable:
+            raise
+        except MsiloError:
+            mids = batch.insert_each(self, [msgs[i] for i in todo], max_messages)
+        for i, mid in zip(todo, mids, strict=True):
+            results[i] = mid
+        return results
+
+    def delete_many(self, mids: Sequence[int]) -> list[bool | MsiloError]:
+        """Delete the rows of ``mids`` with one ``DELETE … WHERE id IN (…)`` per chunk."""
+        results: list[bool | MsiloError] = [False] * len(mids)
+        wanted: list[int] = []
+        for i, mid in enumerate(mids):
+            try:
+                if check_mid(mid):
+                    wanted.append(mid)
+            except MsiloError as exc:
+                results[i] = exc
+        if wanted:
+            ops = self._step(self._ready)
+            unique = sorted(set(wanted))  # one lock order for every batch
+            found: set[int] = set()
+            for start in range(0, len(unique), _DELETE_CHUNK):
+                chunk = unique[start : start + _DELETE_CHUNK]
+
+                def step(conn: PooledConnection, chunk: list[int] = chunk) -> set[int]:
+                    return ops.delete_batch(conn.cursor, conn.dbapi, chunk)
+
+                found |= self._step(lambda step=step: self._run(step))  # type: ignore[misc]
+            seen: set[int] = set()
+            for i, mid in enumerate(mids):
+                if isinstance(mid, int) and mid in found and mid not in seen:
+                    results[i] = True  # the first of repeated ids deleted it
+                    seen.add(mid)
+        return results
+
+    def _row_params(self, ops: SqlOps, msg: NewMessage) -> dict[str, Any]:
+        """The insert parameters of ``msg``; InvalidRequest when the table cannot hold it."""
         limits = self._limits or limits_from_table(self._table, self._dialect.name)
         limits.check(msg)
         if ops.kind == "postgresql":
@@ -350,7 +422,7 @@ class SqlDriver(DriverBase):
             "exp_time": msg.exp_time,
             "snd_time": msg.snd_time,
         }
-        return self._run(lambda c: ops.insert(c.cursor, c.dbapi, dict(params), max_messages))
+        return params
 
     @storage_step
     def claim(

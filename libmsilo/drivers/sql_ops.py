@@ -167,6 +167,15 @@ class SqlOps:
             raise RuntimeError(f"unexpected IN-list rendering: {self._lease_template}")
         self._bind_mark = ":{}" if dialect.paramstyle == "named" else "%({})s"
         self._lease_sql: dict[int, str] = {}
+        # Batch acks: DELETE … WHERE id IN (…) [RETURNING id], the same way.
+        self.delete_returning = bool(dialect.delete_returning)
+        by_ids = sa.delete(table).where(c.mid.in_(bp("ids", expanding=True)))
+        returned = by_ids.returning(c.mid) if self.delete_returning else by_ids
+        self._delete_template = returned.compile(dialect=dialect).string
+        self._delete_sql: dict[int, str] = {}
+        pick_ids = sa.select(c.mid).where(c.mid.in_(bp("ids", expanding=True))).with_for_update()
+        self._pick_template = pick_ids.compile(dialect=dialect).string
+        self._pick_sql: dict[int, str] = {}
 
         values = {f: bp(f, type_=c[f].type) for f in MESSAGE_FIELDS}
         insert = sa.insert(table).values(**values)
@@ -236,12 +245,16 @@ class SqlOps:
 
     def _lease_update(self, count: int) -> str:
         """``UPDATE … SET lease … WHERE id IN (<count> binds m0, m1, …)``."""
-        text = self._lease_sql.get(count)
+        return self._in_list(self._lease_template, self._lease_sql, count)
+
+    def _in_list(self, template: str, cache: dict[int, str], count: int) -> str:
+        """``template`` with its id list as ``count`` binds m0, m1, …"""
+        text = cache.get(count)
         if text is None:
             marks = ", ".join(self._bind_mark.format(f"m{i}") for i in range(count))
-            text = self._lease_template.replace(_IDS_MARK, marks)
-            if len(self._lease_sql) < _LEASE_SQL_CACHE_MAX:
-                self._lease_sql[count] = text
+            text = template.replace(_IDS_MARK, marks)
+            if len(cache) < _LEASE_SQL_CACHE_MAX:
+                cache[count] = text
         return text
 
     # ---- steps --------------------------------------------------------------------------------
@@ -286,16 +299,75 @@ class SqlOps:
         self, sql: _Sql, cur: Any, conn: Any, params: dict[str, Any]
     ) -> int | None:
         """MySQL: insert a body too large for one statement in parts, in one transaction."""
+        cur.execute(self._begin)
+        mid = self._insert_row(sql, cur, params)
+        conn.commit()
+        return mid
+
+    def _insert_row(self, sql: _Sql, cur: Any, params: dict[str, Any]) -> int | None:
+        """Insert one row inside the caller's transaction (a large MySQL body in parts)."""
         body: bytes = params["body"]
         size = self._body_part
-        cur.execute(self._begin)
+        if len(body) <= size:
+            sql.run(cur, params)
+            return self._inserted(cur)
         sql.run(cur, {**params, "body": body[:size]})
         mid = self._inserted(cur)
         if mid is not None:
             for start in range(size, len(body), size):
                 self.append_sql.run(cur, {"mid": mid, "part": body[start : start + size]})
-        conn.commit()
         return mid
+
+    def insert_batch(
+        self, cur: Any, conn: Any, rows: list[dict[str, Any]], max_messages: int
+    ) -> list[int | None]:
+        """Insert ``rows`` in one transaction: with a quota, every owner's lock is taken first,
+        in sorted order (two batches never wait on each other in a cycle), and each row is
+        counted against the rows committed before and those inserted earlier in the batch."""
+        cur.execute(self._begin)
+        held: list[str] = []
+        try:
+            sql = self.insert_sql
+            if max_messages > 0:
+                sql = self.quota_sql
+                for params in rows:
+                    params["max"] = max_messages
+                    params["u"], params["d"] = params["username"], params["domain"]
+                keys = sorted({self.owner_key(p["u"], p["d"]) for p in rows})
+                if self.kind == "postgresql":
+                    for key in keys:
+                        number = int.from_bytes(key[:8], "big", signed=True)
+                        self.lock_sql.run(cur, {"key": number})
+                elif self.kind == "mysql":
+                    for key in keys:
+                        name = "msilo:" + key.hex()
+                        self.lock_sql.run(cur, {"key": name, "wait": self.timeout})
+                        got = cur.fetchone()
+                        if not got or got[0] != 1:
+                            raise StorageError("timed out waiting for an owner's quota lock")
+                        held.append(name)
+            mids = [self._insert_row(sql, cur, params) for params in rows]
+            conn.commit()
+            return mids
+        finally:
+            for name in held:
+                self.unlock_sql.run(cur, {"key": name})
+                cur.fetchall()
+
+    def delete_batch(self, cur: Any, conn: Any, mids: list[int]) -> set[int]:
+        """Delete the rows of ``mids`` in one statement; the ids that existed."""
+        binds: dict[str, Any] = {f"m{i}": mid for i, mid in enumerate(mids)}
+        delete = self._in_list(self._delete_template, self._delete_sql, len(mids))
+        if self.delete_returning:
+            cur.execute(delete, binds)
+            return {int(r[0]) for r in cur.fetchall()}
+        cur.execute(self._begin)
+        cur.execute(self._in_list(self._pick_template, self._pick_sql, len(mids)), binds)
+        found = {int(r[0]) for r in cur.fetchall()}
+        if found:
+            cur.execute(delete, binds)
+        conn.commit()
+        return found
 
     def _inserted(self, cur: Any) -> int | None:
         if self.kind == "postgresql":

@@ -209,7 +209,11 @@ class ConnectionStack:
     ``single`` keeps one connection shared under a lock (an in-memory SQLite database exists
     only in the connection that created it). A forked child starts with no idle connections:
     the parent's stay the parent's. ``bound`` > 0 limits each step on a network connection
-    (from :meth:`checkout` to :meth:`checkin` / :meth:`discard`) to that many seconds."""
+    (from :meth:`checkout` to :meth:`checkin` / :meth:`discard`) to that many seconds.
+
+    At most ``size`` connections are open at once (0: no limit): a caller finding all of them
+    in use waits for one to come back at most ``wait`` seconds, then gets
+    :class:`StorageUnavailable`, so one busy process never exhausts the server's connections."""
 
     def __init__(
         self,
@@ -218,9 +222,14 @@ class ConnectionStack:
         single: bool = False,
         ping_after: float = 10.0,
         bound: float = 0.0,
+        size: int = 0,
+        wait: float = 5.0,
     ) -> None:
         self._engine = engine
         self._bound = bound
+        self._size = size if not single else 0  # a single connection is bounded by its lock
+        self._wait = wait
+        self._slots = threading.BoundedSemaphore(self._size) if self._size else None
         self._dialect: Dialect = engine.dialect
         self._idle: list[PooledConnection] = []
         self._single = threading.Lock() if single else None
@@ -238,6 +247,8 @@ class ConnectionStack:
 
     def _forked(self) -> None:
         idle, self._idle = self._idle, []
+        if self._size:  # the parent's connections in use are not this process's
+            self._slots = threading.BoundedSemaphore(self._size)
         for conn in idle:
             _disown(conn)
 
@@ -253,6 +264,11 @@ class ConnectionStack:
             raise StorageError("the SQL driver is closed")
         if self._single is not None:
             self._single.acquire()
+        elif self._slots is not None and not self._slots.acquire(timeout=self._wait):
+            raise StorageUnavailable(
+                f"database unavailable: all {self._size} connections of the pool stayed in use "
+                f"for {self._wait:.1f} s"
+            )
         try:
             while True:
                 try:
@@ -276,9 +292,15 @@ class ConnectionStack:
                 log.info("dropping a SQL connection the server closed")
                 self._close(conn, invalidate=True)
         except BaseException:
-            if self._single is not None:
-                self._single.release()
+            self._give_back()
             raise
+
+    def _give_back(self) -> None:
+        """End a checkout: the shared connection's lock, or the pool slot."""
+        if self._single is not None:
+            self._single.release()
+        elif self._slots is not None:
+            self._slots.release()
 
     def checkin(self, conn: PooledConnection) -> None:
         """Give back a connection that is idle (no transaction open)."""
@@ -289,8 +311,7 @@ class ConnectionStack:
             self._close(conn, invalidate=False)
         else:
             self._idle.append(conn)
-        if self._single is not None:
-            self._single.release()
+        self._give_back()
 
     def discard(self, conn: PooledConnection, *, lost: bool) -> None:
         """Close a connection that failed; ``lost`` (the server went away) closes the idle ones
@@ -298,8 +319,7 @@ class ConnectionStack:
         self._close(conn, invalidate=True)
         if lost:
             self.flush()
-        if self._single is not None:
-            self._single.release()
+        self._give_back()
 
     def flush(self) -> None:
         """Close every idle connection."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from ..drivers import batch
 from ..drivers.base import Driver, NewMessage, ReleaseResult, StoredMessage
 from ..errors import InvalidRequest, MsiloError
 
@@ -536,6 +537,84 @@ class DriverConformance:
                 with contextlib.suppress(MsiloError):
                     call(value)
         assert driver.count("junk", "example.com", NOW) == 1  # only the bytes body was stored
+
+    # ---- batch steps (insert_many, delete_many, release_many) -----------------------------------
+
+    def test_insert_many_returns_ids_in_order(self, driver: Driver) -> None:
+        msgs = [make_message(user=f"u{i % 3}", body=b"%d" % i) for i in range(7)]
+        got = batch.insert_many(driver, msgs)
+        mids = [m for m in got if isinstance(m, int)]
+        assert mids == got and mids == sorted(mids) and len(set(mids)) == 7
+        for mid, msg in zip(mids, msgs, strict=True):
+            stored = driver.get(mid)
+            assert stored is not None
+            _same_message(stored, msg)
+        assert batch.insert_many(driver, []) == []
+
+    def test_insert_many_isolates_a_bad_message(self, driver: Driver) -> None:
+        bad = [
+            make_message(user="bad\udcff"),
+            make_message(inc_time=-1),
+            NewMessage(**{**_fields(make_message()), "body": "text"}),
+        ]
+        good = [make_message(body=b"ok%d" % i) for i in range(3)]
+        msgs = [good[0], bad[0], good[1], bad[1], bad[2], good[2]]
+        got = batch.insert_many(driver, msgs, 10)
+        for i in (1, 3, 4):
+            assert isinstance(got[i], InvalidRequest), got[i]
+        for i, msg in ((0, good[0]), (2, good[1]), (5, good[2])):
+            stored = driver.get(got[i])  # type: ignore[arg-type]
+            assert stored is not None
+            _same_message(stored, msg)
+        assert driver.count("alice", "example.com", NOW) == 3
+
+    def test_insert_many_keeps_the_quota_exact(self, driver: Driver) -> None:
+        _insert(driver, make_message())
+        msgs = [make_message(body=b"%d" % i) for i in range(4)] + [make_message(user="carol")]
+        got = batch.insert_many(driver, msgs, 3)
+        assert [isinstance(m, int) for m in got] == [True, True, False, False, True]
+        assert got[2] is None and got[3] is None
+        assert driver.count("alice", "example.com", NOW) == 3
+        assert driver.count("carol", "example.com", NOW) == 1
+
+    def test_insert_many_quota_is_exact_under_threads(self, driver: Driver) -> None:
+        stored: list[int | MsiloError | None] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            for n in range(4):
+                # Several owners per batch, in varying orders: the locks must not deadlock.
+                owners = ["q1", "q2", "q3"][n % 3 :] + ["q1", "q2", "q3"][: n % 3]
+                msgs = [make_message(user=o) for o in owners for _ in range(2)]
+                got = batch.insert_many(driver, msgs, 10)
+                with lock:
+                    stored.extend(got)
+
+        _run_threads(work, 6)
+        assert not [m for m in stored if isinstance(m, MsiloError)]
+        assert len([m for m in stored if m is not None]) == 30
+        for owner in ("q1", "q2", "q3"):
+            assert driver.count(owner, "example.com", NOW) == 10
+
+    def test_delete_many_answers_each_id(self, driver: Driver) -> None:
+        a, b = _insert(driver, make_message()), _insert(driver, make_message())
+        mids: list[Any] = [a, a + b + 1000, b, a, -1, "x", True]
+        got = batch.delete_many(driver, mids)
+        assert got[:5] == [True, False, True, False, False]
+        assert isinstance(got[5], InvalidRequest) and isinstance(got[6], InvalidRequest)
+        assert driver.get(a) is None and driver.get(b) is None
+        assert batch.delete_many(driver, []) == []
+
+    def test_release_many_answers_each_release(self, driver: Driver) -> None:
+        mids = [_insert(driver, make_message(body=b"%d" % i)) for i in range(3)]
+        tok = _token()
+        driver.claim("alice", "example.com", NOW, NOW + 60, tok)
+        items: list[Any] = [(mids[0], tok, False), (mids[1], _token(), False), (mids[2], 5, False)]
+        got = batch.release_many(driver, items)
+        assert got[:2] == [ReleaseResult.RELEASED, ReleaseResult.NOT_FOUND]
+        assert isinstance(got[2], InvalidRequest)
+        row = driver.get(mids[0])
+        assert row is not None and row.lease_token is None and row.attempts == 1
 
 
 def _fields(msg: NewMessage) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""Batch steps of the driver contract: many inserts, deletes or releases in one call.
+
+A driver may implement ``insert_many``, ``delete_many`` and ``release_many`` natively (one
+transaction, one pipeline, one bulk write); :class:`~.plumbing.DriverBase` gives every built-in
+driver a default that runs the single steps one by one, and the functions here do the same for a
+driver that has no batch method at all. Each returns one result per item, in order: the single
+step's answer, or the :class:`~libmsilo.errors.MsiloError` that item alone raised (a bad value,
+a quota lock not obtained), so one bad item never fails the others. An error of the batch as a
+whole (the backend out of reach) is raised, and then no item of the batch was stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from ..errors import MsiloError
+from ..records import NewMessage, ReleaseResult
+
+__all__ = [
+    "Release",
+    "delete_each",
+    "delete_many",
+    "insert_each",
+    "insert_many",
+    "release_each",
+    "release_many",
+]
+
+T = TypeVar("T")
+
+#: One failed delivery to end: (mid, token or None, to_offline).
+Release = tuple[int, str | None, bool]
+
+
+def _each(step: Callable[[T], object], items: Sequence[T]) -> list[object]:
+    out: list[object] = []
+    for item in items:
+        try:
+            out.append(step(item))
+        except MsiloError as exc:
+            out.append(exc)
+    return out
+
+
+def insert_each(
+    driver: object, msgs: Sequence[NewMessage], max_messages: int = 0
+) -> list[int | MsiloError | None]:
+    """``driver.insert`` for each message (the default ``insert_many``)."""
+    insert = driver.insert  # type: ignore[attr-defined]
+    return _each(lambda m: insert(m, max_messages), msgs)  # type: ignore[return-value]
+
+
+def delete_each(driver: object, mids: Sequence[int]) -> list[bool | MsiloError]:
+    """``driver.delete`` for each id (the default ``delete_many``)."""
+    return _each(driver.delete, mids)  # type: ignore[attr-defined,return-value]
+
+
+def release_each(
+    driver: object, releases: Sequence[Release], max_attempts: int = 0
+) -> list[ReleaseResult | MsiloError]:
+    """``driver.release`` for each failed delivery (the default ``release_many``)."""
+    release = driver.release  # type: ignore[attr-defined]
+
+    def one(item: Release) -> object:
+        mid, token, offline = item
+        return release(mid, token, to_offline=offline, max_attempts=max_attempts)
+
+    return _each(one, releases)  # type: ignore[return-value]
+
+
+def insert_many(
+    driver: object, msgs: Sequence[NewMessage], max_messages: int = 0
+) -> list[int | MsiloError | None]:
+    """``driver.insert_many`` when the driver has it, else :func:`insert_each`."""
+    native = getattr(driver, "insert_many", None)
+    if native is None:
+        return insert_each(driver, msgs, max_messages)
+    return native(msgs, max_messages)  # type: ignore[no-any-return]
+
+
+def delete_many(driver: object, mids: Sequence[int]) -> list[bool | MsiloError]:
+    """``driver.delete_many`` when the driver has it, else :func:`delete_each`."""
+    native = getattr(driver, "delete_many", None)
+    if native is None:
+        return delete_each(driver, mids)
+    return native(mids)  # type: ignore[no-any-return]
+
+
+def release_many(
+    driver: object, releases: Sequence[Release], max_attempts: int = 0
+) -> list[ReleaseResult | MsiloError]:
+    """``driver.release_many`` when the driver has it, else :func:`release_each`."""
+    native = getattr(driver, "release_many", None)
+    if native is None:
+        return release_each(driver, releases, max_attempts)
+    return native(releases, max_attempts)  # type: ignore[no-any-return]

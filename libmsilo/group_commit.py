@@ -1,0 +1,121 @@
+"""Group commit: concurrent callers' storage steps coalesce into one batch per flush.
+
+A caller hands its item to :meth:`GroupCommit.submit` and blocks until its own result is known.
+When no flush is running, the caller flushes at once (a lone caller pays no added latency) and
+takes along every item waiting then, up to ``max_batch``. Callers arriving while a flush runs
+queue up; when it ends, one of them flushes the next batch. With ``max_wait`` > 0 a flusher whose
+batch is not full first waits that long for more items.
+
+The flush function gets the items and returns one result per item, in order: a value, or an
+exception that item alone raised (the caller gets it raised). Should the flush itself raise, every
+item of that batch gets that exception.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["GroupCommit"]
+
+I = TypeVar("I")  # noqa: E741 - the item type
+R = TypeVar("R")
+
+_PENDING = object()
+
+
+class _Slot(Generic[I]):
+    __slots__ = ("item", "result")
+
+    def __init__(self, item: I) -> None:
+        self.item = item
+        self.result: object = _PENDING
+
+
+class GroupCommit(Generic[I, R]):
+    """Coalesces concurrent :meth:`submit` calls into batches for ``flush``; thread-safe.
+
+    ``flushers`` batches may be flushed at once (1: one writer at a time, the best for a single
+    writer such as SQLite; more overlap the round trips of a pooled network store)."""
+
+    def __init__(
+        self,
+        flush: Callable[[Sequence[I]], Sequence[R | BaseException]],
+        *,
+        max_batch: int = 64,
+        max_wait: float = 0.0,
+        flushers: int = 1,
+    ) -> None:
+        if max_batch < 1 or flushers < 1 or max_wait < 0:
+            raise ValueError("max_batch and flushers must be >= 1, max_wait >= 0")
+        self._flush = flush
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        self._flushers = flushers
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Slot[I]] = deque()
+        self._running = 0
+        self.batches = 0  # flushes done (statistics)
+        self.items = 0  # items flushed
+
+    def submit(self, item: I) -> R:
+        """Queue ``item``, wait for its batch to be flushed; its result (or raise its error)."""
+        slot = _Slot(item)
+        with self._cond:
+            self._queue.append(slot)
+            if self._max_wait > 0:
+                self._cond.notify_all()  # a flusher waiting to fill its batch
+            while slot.result is _PENDING:
+                if self._running >= self._flushers or not self._queue:
+                    self._cond.wait()
+                    continue
+                # Flush the next batch: it holds our item unless more than a batch was queued
+                # before it, and then the loop flushes (or waits for) the one that does.
+                self._running += 1
+                batch = self._take()
+                self._cond.release()
+                try:
+                    self._run(batch)
+                finally:
+                    self._cond.acquire()
+                    self._running -= 1
+                    self._cond.notify_all()
+            return self._outcome(slot)
+
+    def _take(self) -> list[_Slot[I]]:
+        """Up to ``max_batch`` queued slots (called holding the lock); with ``max_wait``, a
+        short batch waits for more first."""
+        if self._max_wait > 0 and len(self._queue) < self._max_batch:
+            deadline = time.monotonic() + self._max_wait
+            while len(self._queue) < self._max_batch:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        count = min(self._max_batch, len(self._queue))
+        return [self._queue.popleft() for _ in range(count)]
+
+    def _run(self, batch: list[_Slot[I]]) -> None:
+        """Flush ``batch`` (without the lock) and fill in its results."""
+        results: Sequence[object]
+        try:
+            results = self._flush([slot.item for slot in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"flush returned {len(results)} results for {len(batch)}")
+        except BaseException as exc:
+            results = [exc] * len(batch)
+        with self._cond:
+            for slot, result in zip(batch, results, strict=True):
+                slot.result = result
+            self.batches += 1
+            self.items += len(batch)
+
+    @staticmethod
+    def _outcome(slot: _Slot[I]) -> R:
+        result = slot.result
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[return-value]

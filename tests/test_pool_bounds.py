@@ -1,0 +1,157 @@
+"""Connection pools are bounded: many threads in one process never open more connections than
+``pool_size``; a caller finding every connection in use waits, then fails with
+StorageUnavailable."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from libmsilo.drivers import DriverOptions, StoreLayout, open_driver
+from libmsilo.drivers.mongo import open_mongo
+from libmsilo.drivers.sql_pool import ConnectionStack
+from libmsilo.errors import StorageUnavailable
+from libmsilo.testing import make_message, unique_table
+from tests.backends import backend_url
+
+THREADS = 200
+STORES_PER_THREAD = 3
+
+
+def _hammer(work: Callable[[int], None], threads: int) -> list[BaseException]:
+    """Run ``work(i)`` in ``threads`` threads started together; the errors they raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(120)
+    assert not any(t.is_alive() for t in pool), "a storing thread did not finish"
+    return errors
+
+
+def test_postgres_200_threads_never_exceed_the_pool() -> None:
+    base = backend_url("postgresql")
+    app = f"msilo-pool-{uuid.uuid4().hex[:8]}"
+    size = 5
+    url = f"{base}{'&' if '?' in base else '?'}application_name={app}"
+    options = DriverOptions(timeout=30, pool_size=size)
+    driver = open_driver(url, StoreLayout(table=unique_table()), options)
+    driver.create_schema()
+    seen: list[int] = []
+    stop = threading.Event()
+    dsn = sa.make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def watch() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)
+                ).fetchone()
+                seen.append(int(row[0]) if row else 0)
+                stop.wait(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        mids: list[int | None] = []
+
+        def store(i: int) -> None:
+            for n in range(STORES_PER_THREAD):
+                mids.append(driver.insert(make_message(f"u{i % 17}", body=b"%d/%d" % (i, n))))
+
+        errors = _hammer(store, THREADS)
+    finally:
+        stop.set()
+        watcher.join(10)
+    try:
+        assert errors == []
+        assert len(mids) == THREADS * STORES_PER_THREAD
+        assert all(isinstance(m, int) for m in mids) and len(set(mids)) == len(mids)
+        assert seen and max(seen) >= 1, "the watcher never saw the driver's connections"
+        assert max(seen) <= size
+    finally:
+        driver.drop_schema()
+        driver.close()
+
+
+def test_a_caller_beyond_the_pool_waits_then_gets_storage_unavailable(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'p.db'}", poolclass=sa.pool.NullPool)
+    stack = ConnectionStack(engine, size=2, wait=0.05)
+    first, second = stack.checkout(), stack.checkout()
+    with pytest.raises(StorageUnavailable, match="all 2 connections"):
+        stack.checkout()
+    stack.checkin(first)
+    third = stack.checkout()  # the one given back
+    assert third is first
+    stack.discard(second, lost=False)
+    fourth = stack.checkout()  # a discarded connection frees its slot too
+    stack.checkin(third)
+    stack.checkin(fourth)
+    stack.close()
+    engine.dispose()
+
+
+def test_sqlite_driver_threads_share_a_bounded_pool(tmp_path: Path) -> None:
+    options = DriverOptions(timeout=30, pool_size=2)
+    driver = open_driver(f"sqlite:///{tmp_path / 'm.db'}", StoreLayout(), options)
+    driver.create_schema()
+    made: list[int] = []
+    stack = driver._pool  # type: ignore[attr-defined]
+    connect = stack._connect
+
+    def counting() -> object:
+        made.append(1)
+        return connect()
+
+    stack._connect = counting
+    try:
+        errors = _hammer(lambda i: [driver.insert(make_message(f"u{i}")) for _ in range(5)], 40)
+        assert errors == []
+        assert 1 <= len(made) <= 2
+        assert sum(driver.count(f"u{i}", "example.com", 0) for i in range(40)) == 200
+    finally:
+        driver.close()
+
+
+def test_redis_pool_is_bounded() -> None:
+    options = DriverOptions(timeout=30, pool_size=3)
+    driver = open_driver(backend_url("redis"), StoreLayout(table=unique_table()), options)
+    driver.create_schema()
+    try:
+        errors = _hammer(lambda i: [driver.insert(make_message(f"u{i}")) for _ in range(5)], 50)
+        assert errors == []
+        pool = driver.client.connection_pool  # type: ignore[attr-defined]
+        assert pool.max_connections == 3
+        assert 1 <= len(pool._connections) <= 3
+        assert sum(driver.count(f"u{i}", "example.com", 0) for i in range(50)) == 250
+    finally:
+        driver.drop_schema()
+        driver.close()
+
+
+def test_mongo_client_gets_the_pool_size() -> None:
+    driver = open_mongo(
+        "mongodb://127.0.0.1:1/msilo", StoreLayout(), DriverOptions(timeout=2, pool_size=7)
+    )
+    try:
+        client = driver._client  # type: ignore[attr-defined]
+        assert client.options.pool_options.max_pool_size == 7
+        assert client.options.pool_options.wait_queue_timeout == 2
+    finally:
+        driver.close()
