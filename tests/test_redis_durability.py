@@ -18,7 +18,9 @@ from libmsilo.bench import BenchConfig, run_bench, total_steps
 from libmsilo.drivers.redis_durability import WaitPolicy, has_waitaof, prepare
 from libmsilo.errors import SettingsError, StorageError
 from tests.helpers import message
-from tests.redis_cluster import StandaloneServer, standalone_redis
+from tests.redis_cluster import StandaloneServer, redis_cluster_url, standalone_redis
+
+__all__ = ["redis_cluster_url"]  # fixture, imported for pytest
 
 RISK = "loses every stored message"
 
@@ -197,3 +199,13 @@ def test_bench_measures_stores_that_wait_for_a_replica(
         "store",
         "store+wait1",
     ]
+
+
+def test_cluster_warns_for_each_primary_without_persistence(
+    redis_cluster_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "libmsilo"), _silo(redis_cluster_url) as silo:
+        silo.count("sip:alice@example.com")
+    warned = [w for w in _warnings(caplog) if RISK in w]
+    assert len(warned) == 3  # the test cluster's three primaries keep nothing on disk
+    assert len({w.split(" has ")[0] for w in warned}) == 3  # each names its node
