@@ -64,18 +64,18 @@ def backend_url(kind: str) -> str:
 
 # ---- the behaviour tests on every backend (issue 10): one fixture built from a backend name
 
-#: Every backend the behaviour tests run on; ``MSILO_BEHAVIOUR_BACKENDS`` (comma-separated)
+#: Every backend the behaviour tests run on; ``MSILO_TEST_BEHAVIOUR_BACKENDS`` (comma-separated)
 #: narrows it.
 BEHAVIOUR_BACKENDS = ("memory", "sqlite", "postgresql", "mysql", "redis", "mongomock")
 
 
 def behaviour_backends() -> list[str]:
     """The backends chosen for this run (all by default)."""
-    raw = os.environ.get("MSILO_BEHAVIOUR_BACKENDS", "")
+    raw = os.environ.get("MSILO_TEST_BEHAVIOUR_BACKENDS", "")
     chosen = [k.strip() for k in raw.split(",") if k.strip()] or list(BEHAVIOUR_BACKENDS)
     unknown = set(chosen) - set(BEHAVIOUR_BACKENDS)
     if unknown:
-        raise ValueError(f"MSILO_BEHAVIOUR_BACKENDS: unknown backends {sorted(unknown)}")
+        raise ValueError(f"MSILO_TEST_BEHAVIOUR_BACKENDS: unknown backends {sorted(unknown)}")
     return chosen
 
 
@@ -86,10 +86,12 @@ class DriverPool:
     empties the drivers a test used and keeps them for the next test, so a test costs no DDL.
     """
 
-    def __init__(self, kind: str, directory: Path) -> None:
+    def __init__(self, kind: str, directory: Path, url: str | None = None) -> None:
         self.kind = kind
         self._directory = directory
-        self._url = backend_url(kind) if kind in DEFAULTS else None  # skip/fail early
+        if url is None and kind in DEFAULTS:
+            url = backend_url(kind)  # skip (fail in CI) early when unreachable
+        self._url = url
         self._idle: list[Driver] = []
         self._busy: list[Driver] = []
 

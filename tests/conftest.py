@@ -2,7 +2,7 @@
 
 A test module that sets ``pytestmark = pytest.mark.usefixtures("backend")`` runs each of its
 tests that builds a store with ``make_silo`` once per backend (memory, a SQLite file,
-PostgreSQL, MariaDB, Redis, mongomock; ``MSILO_BEHAVIOUR_BACKENDS`` narrows the list); its
+PostgreSQL, MariaDB, Redis, mongomock; ``MSILO_TEST_BEHAVIOUR_BACKENDS`` narrows the list); its
 other tests run once.
 """
 

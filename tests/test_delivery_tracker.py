@@ -289,6 +289,7 @@ def _stored(lease_token: str | None, snd_time: int = 0) -> StoredMessage:
         (lookup(DELIVERED), None, IGNORE),
         (lookup(DELIVERED), _stored(None), IGNORE),  # never sent, or already released
         (lookup(DELIVERED), _stored("other"), delete()),
+        (lookup(DELIVERED, "x"), _stored(None), delete()),  # delivered, its lease released
         (lookup(DELIVERED, "x"), _stored("other", snd_time=5), delete(reminder=True)),
         (lookup(FAILED, "x"), _stored("x"), release("x")),
         (lookup(FAILED, "x"), _stored("y", snd_time=5), release("x", reminder=True)),

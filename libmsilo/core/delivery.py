@@ -17,7 +17,8 @@ How replies are matched to deliveries (issue 9, item 2):
   the oldest delivery's answer and changes nothing, so a late reply never releases a newer
   lease (the newer lease runs out instead and the message is retried then, never doubled).
 * A reply for a delivery this ``Silo`` does not know (another server sent it, or it was
-  forgotten) is looked up in the store: a 2xx deletes a leased row; a failure needs the token.
+  forgotten) is looked up in the store: a 2xx with a token deletes the row, a tokenless 2xx only
+  a leased row (so a stray 2xx cannot delete a message never sent); a failure needs the token.
 
 An unanswered delivery is remembered until ``late_window`` seconds after its lease ran out
 (at least RFC 3261 Timer F, so the 408 of a transaction that timed out is still recognised).
@@ -216,11 +217,15 @@ class DeliveryTracker:
 
     def on_row(self, lookup: Action, row: StoredMessage | None) -> Action:
         """The second half of a LOOKUP action: decide on the stored row it read."""
-        if lookup.op is not Op.LOOKUP or row is None or row.lease_token is None:
-            return IGNORE  # gone, or never sent / already released
-        if lookup.verdict is ReplyClass.DELIVERED:
+        if lookup.op is not Op.LOOKUP or row is None:
+            return IGNORE
+        if lookup.verdict is ReplyClass.DELIVERED and (
+            lookup.token is not None or row.lease_token is not None
+        ):
+            # A token proves a delivery was made; without one, only a leased row can have
+            # been sent (a 2xx for a row never sent or already released is ignored).
             return Action(Op.DELETE, lookup.mid, reminder=row.is_reminder)
-        if lookup.token is None:
+        if lookup.token is None or row.lease_token is None:
             return IGNORE
         return Action(Op.RELEASE, lookup.mid, lookup.token, row.is_reminder)
 
