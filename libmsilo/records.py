@@ -7,21 +7,29 @@ import enum
 import re
 from dataclasses import dataclass, fields
 
+from .errors import InvalidRequest
+
 __all__ = [
     "IDENTIFIER_RE",
     "LEASE_FIELDS",
     "MAX_INT64",
     "MAX_TOKEN",
     "MESSAGE_FIELDS",
+    "MIN_INT64",
     "DriverOptions",
     "NewMessage",
     "ReleaseResult",
     "StoreLayout",
     "StoredMessage",
+    "check_ints",
+    "check_mid",
+    "check_text",
+    "check_token",
 ]
 
 #: The largest id and time (epoch seconds) a store holds: every backend keeps signed 64-bit ints.
 MAX_INT64 = 2**63 - 1
+MIN_INT64 = -(2**63)
 #: The longest lease token a store holds (``Silo`` issues 32 hex digits).
 MAX_TOKEN = 64
 
@@ -138,3 +146,51 @@ class DriverOptions:
     wait_replicas: int = 0
     wait_timeout: float = 1.0
     wait_aof: bool = False
+
+
+# ---- the values a store holds: one check each, used by the core and by every driver
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_ints(low: int = MIN_INT64, **values: object) -> None:
+    """Raise :class:`InvalidRequest` unless every value is an int (not a bool) in
+    ``[low, 2**63 - 1]``."""
+    for name, value in values.items():
+        if not _is_int(value):
+            raise InvalidRequest(f"{name} must be an int, not {type(value).__name__}")
+        if not low <= value <= MAX_INT64:  # type: ignore[operator]
+            raise InvalidRequest(f"{name}={value} is outside [{low}, 2**63 - 1]")
+
+
+def check_mid(mid: object) -> bool:
+    """Whether some row may have id ``mid``: False for an int outside ``[0, 2**63 - 1]`` (the
+    caller answers "not found"); :class:`InvalidRequest` when ``mid`` is not an int."""
+    if not _is_int(mid):
+        raise InvalidRequest(f"a message id must be an int, not {type(mid).__name__}")
+    return 0 <= mid <= MAX_INT64  # type: ignore[operator]
+
+
+def check_text(name: str, value: str) -> str:
+    """``value`` when UTF-8 can encode it (no lone surrogates), else :class:`InvalidRequest`."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"{name} cannot be stored: {exc.reason} at {exc.start}") from None
+    return value
+
+
+def check_token(token: object, *, optional: bool = False) -> None:
+    """Raise :class:`InvalidRequest` unless ``token`` is a str of 1 to :data:`MAX_TOKEN`
+    characters (or None when ``optional``)."""
+    if token is None and optional:
+        return
+    if not isinstance(token, str):
+        raise InvalidRequest(f"a lease token must be a str, not {type(token).__name__}")
+    if not 0 < len(token) <= MAX_TOKEN:
+        raise InvalidRequest(f"a lease token has 1 to {MAX_TOKEN} characters, not {len(token)}")
+    check_text("lease token", token)

@@ -29,7 +29,6 @@ from .core import (
     dump_message,
     dump_owner,
     dump_target,
-    known_mid,
     plan_dump,
     reminder_message,
     reminder_time,
@@ -44,7 +43,7 @@ from .drivers.batch import delete_many, insert_many, release_many
 from .errors import InvalidRequest, MsiloError
 from .group_commit import GroupCommit
 from .message import MessageKind, OutgoingMessage, SipRequest
-from .records import NewMessage, ReleaseResult, StoredMessage
+from .records import NewMessage, ReleaseResult, StoredMessage, check_mid
 from .settings import MsiloSettings
 
 __all__ = ["ReplyOutcome", "Silo", "Stats", "TimerThread"]
@@ -472,11 +471,11 @@ class Silo:
 
     def get(self, mid: int) -> StoredMessage | None:
         """One stored message by id (None for an unknown id; ``InvalidRequest`` if no int)."""
-        return self.driver.get(mid) if known_mid(mid) else None
+        return self.driver.get(mid) if check_mid(mid) else None
 
     def delete(self, mid: int) -> bool:
         """Delete one stored message (False for an unknown id; ``InvalidRequest`` if no int)."""
-        return self.driver.delete(mid) if known_mid(mid) else False
+        return self.driver.delete(mid) if check_mid(mid) else False
 
     def purge(self, aor: str) -> int:
         """Delete every message of ``aor``."""

@@ -246,8 +246,7 @@ def test_pruning_runs_at_most_once_per_window() -> None:
         (7, 200, 5),
         (7, 200, ""),
         (7, 200, "x" * 65),
-        (7, 200, "tok\n"),
-        (7, 200, "t\u00f6k"),
+        (7, 200, "t\udcffk"),
         (7, 99, None),
         (7, 700, None),
         (7, True, None),
@@ -264,7 +263,7 @@ def test_bad_reply_arguments_raise_invalid_request(
     assert t.flights(MID) == ("d1", ())
 
 
-@pytest.mark.parametrize("mid", [0, -1, 2**63, -(2**63)])
+@pytest.mark.parametrize("mid", [-1, 2**63, -(2**63)])
 @pytest.mark.parametrize(("code", "outcome"), [(200, IGNORE), (500, IGNORE), (180, PENDING)])
 def test_ids_no_store_can_hold_are_unknown(mid: int, code: int, outcome: Action) -> None:
     assert _one().reply(mid, code, "d1") == outcome

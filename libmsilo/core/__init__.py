@@ -19,7 +19,7 @@ from .delivery import (
     settle,
 )
 from .dump import DumpPlan, dump_message, dump_target, is_text_plain, plan_dump, reminder_message
-from .limits import checked_token, known_mid, sendable
+from .limits import sendable
 from .notice import build_notice, notice_target
 from .owner import choose_owner, dump_owner, split_owner_uri
 from .policy import Policy
@@ -41,14 +41,12 @@ __all__ = [
     "TimerSchedule",
     "build_notice",
     "build_row",
-    "checked_token",
     "choose_owner",
     "classify_reply",
     "dump_message",
     "dump_owner",
     "dump_target",
     "is_text_plain",
-    "known_mid",
     "notice_target",
     "plan_dump",
     "reminder_message",

@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidRequest
 from ..message import MessageKind
-from ..records import ReleaseResult, StoredMessage
-from .limits import checked_token, known_mid
+from ..records import ReleaseResult, StoredMessage, check_mid, check_token
 from .policy import TRANSACTION_TIMEOUT
 
 __all__ = [
@@ -195,8 +194,8 @@ class DeliveryTracker:
     def reply(self, mid: int, status_code: int, token: str | None = None) -> Action:
         """A reply (or a local failure, e.g. 408 on timeout) to a sent MESSAGE."""
         verdict = classify_reply(status_code)
-        token = checked_token(token)
-        in_range = known_mid(mid)
+        check_token(token, optional=True)
+        in_range = check_mid(mid)
         if verdict is ReplyClass.PROVISIONAL:
             return PENDING
         if not in_range:

@@ -7,8 +7,9 @@ from functools import lru_cache
 
 from ..errors import InvalidRequest, InvalidURI
 from ..message import SipRequest
+from ..records import check_text
 from ..uri import URI, NameAddr, aor, parse_address
-from .limits import MAX_OWNER_PART, encodable
+from .limits import MAX_OWNER_PART
 
 __all__ = [
     "choose_owner",
@@ -27,7 +28,7 @@ def _owner_of(uri: URI, what: str, *, need_host: bool) -> tuple[str, str]:
         raise InvalidRequest(f"{what} {uri} has no host part")
     if len(user) > MAX_OWNER_PART or len(host) > MAX_OWNER_PART:
         raise InvalidRequest(f"{what} {uri}: user and host must be at most {MAX_OWNER_PART} chars")
-    return encodable(user, f"{what} user"), encodable(host, f"{what} host")
+    return check_text(f"{what} user", user), check_text(f"{what} host", host)
 
 
 def parse_uri_argument(text: str) -> URI:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from ..errors import InvalidRequest, InvalidSendTime
 from ..message import OutgoingMessage, SipRequest
-from ..records import MAX_INT64, NewMessage
+from ..records import MAX_INT64, NewMessage, check_ints
 from ..timefmt import send_time_to_epoch
 from .limits import DEFAULT_CTYPE, MAX_ADDR, MAX_CTYPE, checked
 from .policy import Policy
@@ -85,19 +85,13 @@ class StoreLimits:
     quota: int  # most unexpired messages the owner may hold, 0 = no limit
 
 
-def _whole(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{what} is an int, not {type(value).__name__}")
-    return value
-
-
 def store_limits(policy: Policy, expire_time: int | None, max_messages: int | None) -> StoreLimits:
     """The limits of one store: the settings' unless the call gives its own (per-domain
     lifetimes and quotas); ``max_messages <= 0`` means no limit, as in the settings."""
-    lifetime = policy.expire_time if expire_time is None else _whole(expire_time, "expire_time")
-    if not 0 < lifetime <= MAX_INT64:
-        raise InvalidRequest(f"expire_time {lifetime} is outside 1 .. 2**63-1 seconds")
-    quota = policy.max_messages if max_messages is None else _whole(max_messages, "max_messages")
+    lifetime = policy.expire_time if expire_time is None else expire_time
+    quota = policy.max_messages if max_messages is None else max_messages
+    check_ints(1, expire_time=lifetime)
+    check_ints(max_messages=quota)
     return StoreLimits(lifetime, max(quota, 0))
 
 

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ..errors import InvalidRequest, MsiloError, StorageError, StorageUnavailable
-from ..records import MAX_INT64, MAX_TOKEN, NewMessage, ReleaseResult
+from ..records import (
+    MAX_INT64,
+    MAX_TOKEN,
+    MIN_INT64,
+    NewMessage,
+    ReleaseResult,
+    check_ints,
+    check_mid,
+    check_text,
+    check_token,
+)
 from . import batch
 
 __all__ = [
@@ -36,7 +46,7 @@ __all__ = [
     "storage_step",
 ]
 
-INT64_MIN = -(2**63)
+INT64_MIN = MIN_INT64
 INT64_MAX = MAX_INT64
 #: The longest lease token a driver accepts (the SQL column's width).
 TOKEN_MAX = MAX_TOKEN
@@ -172,46 +182,12 @@ def storage_step(method: Callable[Concatenate[D, P], T]) -> Callable[Concatenate
 # ---- value checks ---------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_ints(low: int = INT64_MIN, **values: object) -> None:
-    """Raise :class:`InvalidRequest` unless every value is an int (not a bool) in
-    ``[low, 2**63 - 1]``."""
-    for name, value in values.items():
-        if not _is_int(value):
-            raise InvalidRequest(f"{name} must be an int, not {type(value).__name__}")
-        if not low <= value <= INT64_MAX:  # type: ignore[operator]
-            raise InvalidRequest(f"{name}={value} is outside [{low}, 2**63 - 1]")
-
-
-def check_mid(mid: object) -> bool:
-    """Whether some row may have id ``mid``: False for an int outside ``[0, 2**63 - 1]`` (the
-    caller answers "not found"); :class:`InvalidRequest` when ``mid`` is not an int."""
-    if not _is_int(mid):
-        raise InvalidRequest(f"a message id must be an int, not {type(mid).__name__}")
-    return 0 <= mid <= INT64_MAX  # type: ignore[operator]
-
-
-def check_token(token: object, *, optional: bool = False) -> None:
-    """Raise :class:`InvalidRequest` unless ``token`` is a str of 1 to :data:`TOKEN_MAX`
-    characters (or None when ``optional``)."""
-    if token is None and optional:
-        return
-    if not isinstance(token, str):
-        raise InvalidRequest(f"a lease token must be a str, not {type(token).__name__}")
-    if not 0 < len(token) <= TOKEN_MAX:
-        raise InvalidRequest(f"a lease token has 1 to {TOKEN_MAX} characters, not {len(token)}")
-    _utf8("lease token", token)
-
-
 def check_owner(username: object, domain: object) -> None:
     """Raise :class:`InvalidRequest` unless both are str that UTF-8 can encode."""
     for name, value in (("username", username), ("domain", domain)):
         if not isinstance(value, str):
             raise InvalidRequest(f"{name} must be a str, not {type(value).__name__}")
-        _utf8(name, value)
+        check_text(name, value)
 
 
 def check_message(msg: NewMessage) -> None:
@@ -222,7 +198,7 @@ def check_message(msg: NewMessage) -> None:
         value = getattr(msg, name)
         if not isinstance(value, str):
             raise InvalidRequest(f"{name} must be a str, not {type(value).__name__}")
-        _utf8(name, value)
+        check_text(name, value)
     if not isinstance(msg.body, bytes | bytearray | memoryview):
         raise InvalidRequest(f"body must be bytes, not {type(msg.body).__name__}")
     check_ints(0, **{name: getattr(msg, name) for name in _TIME_FIELDS})
@@ -296,12 +272,3 @@ _CHECKS: dict[str, Callable[..., object]] = {
     "purge": _purge,
     "delete_expired": _delete_expired,
 }
-
-
-def _utf8(name: str, value: str) -> None:
-    if value.isascii():
-        return
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidRequest(f"{name} cannot be stored: {exc.reason} at {exc.start}") from None
