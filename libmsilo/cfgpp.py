@@ -96,12 +96,13 @@ def _file(state: _State, text: str, path: Path | None, depth: int) -> list[str]:
     branches: list[_Branch] = []
     lines = text.split("\n")
     index = 0
+    in_comment = False  # inside /* */: a "#!" line there is no directive
     while index < len(lines):
         number = index + 1
         line = lines[index]
         index += 1
         active = not branches or (branches[-1].parent_active and branches[-1].taking)
-        directive = _DIRECTIVE.match(line) if state.directives else None
+        directive = _DIRECTIVE.match(line) if state.directives and not in_comment else None
         if directive is not None:
             name = directive.group(1).lower()
             argument = directive.group(2)
@@ -118,14 +119,40 @@ def _file(state: _State, text: str, path: Path | None, depth: int) -> list[str]:
         if not active:
             out.append("")
             continue
-        include = _INCLUDE.match(line)
+        include = _INCLUDE.match(line) if not in_comment else None
         if include is not None:
             out += _include(state, line, path, number, depth)
             continue
+        in_comment = _ends_in_comment(line, in_comment)
         out.append(line)
     if branches:
         raise SettingsError(f"{path or 'config'}: #!ifdef/#!ifndef without #!endif")
     return out
+
+
+def _ends_in_comment(line: str, in_comment: bool) -> bool:
+    """Whether a ``/* */`` comment is still open at the end of ``line``."""
+    pos = 0
+    while pos < len(line):
+        if in_comment:
+            end = line.find("*/", pos)
+            if end < 0:
+                return True
+            in_comment, pos = False, end + 2
+            continue
+        char = line[pos]
+        if char in "\"'":
+            end = line.find(char, pos + 1)
+            while end > 0 and line[end - 1] == "\\":
+                end = line.find(char, end + 1)
+            pos = len(line) if end < 0 else end + 1
+        elif char == "#" or line.startswith("//", pos):
+            return False
+        elif line.startswith("/*", pos):
+            in_comment, pos = True, pos + 2
+        else:
+            pos += 1
+    return in_comment
 
 
 def _directive(

@@ -83,12 +83,15 @@ def _cseq(req: SipRequest, now: float, tz: tzinfo) -> Value:
 def _contact(req: SipRequest, now: float, tz: tzinfo) -> Value:
     if req.contact_star:
         return _nonempty((req.header("Contact") or "").strip())
-    contacts = req.contacts
+    contacts, unparsed = req.usable_contacts
     if not contacts:
         return None
-    # "As written": the first comma-separated element, once it is known to parse.
-    elements = req.header_list("Contact")
-    return elements[0].strip() if elements else str(contacts[0])
+    # "As written": the first comma-separated element that parses (an odd one is skipped).
+    skip = {element for element, _ in unparsed}
+    for element in req.header_list("Contact"):
+        if element not in skip:
+            return element.strip()
+    return str(contacts[0])
 
 
 def _asserted_identity(req: SipRequest, now: float, tz: tzinfo) -> Value:

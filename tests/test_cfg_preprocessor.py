@@ -181,3 +181,15 @@ def test_cli_config_takes_kamailio_defines(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     values = json.loads(result.output)
     assert (values["expire_time"], values["from_address"]) == (90, "sip:registrar@example.org")
+
+
+def test_directives_inside_block_comments_are_comments() -> None:
+    cfg = (
+        '#!define DBURL "mysql://k@db/k"\n'
+        "/* old settings:\n"
+        '#!redefine DBURL "sqlite:///old.db"\n'
+        "#!ifdef NOPE\n"
+        "*/\n"
+        'modparam("msilo", "db_url", DBURL) /* "#!" here */ // and here\n'
+    )
+    assert MsiloSettings.from_kamailio_cfg(cfg).db_url == "mysql://k@db/k"

@@ -86,6 +86,8 @@ VIA_NAT = "SIP/2.0/UDP 192.168.1.7:5060;branch=z9hG4bK1;received=198.51.100.9;rp
         ("<sip:alice@192.0.2.7;transport=WSS>", [], False),
         ("<sip:alice@192.168.1.7:5060>", [("Via", VIA_NAT)], False),
         ("<sip:alice@198.51.100.9:4000>", [("Via", VIA_NAT)], True),
+        ("<sip:alice@198.51.100.9:5060>", [("Via", VIA_NAT)], False),  # rport 4000: NAT
+        ("<sip:alice@198.51.100.9>", [("Via", VIA_NAT.replace("4000", "5060"))], True),
         ("<sip:alice@192.0.2.7:5060>", [], True),
     ],
 )
@@ -96,7 +98,33 @@ def test_contact_only_the_registrar_reaches_gets_the_dump_at_the_aor(
     silo.store(message())
     req = register(contact=contact, extra=extra)
     if any(name == "Via" for name, _ in extra):  # the UA's Via replaces the helper's
-        headers = [(n, v) for n, v in req.headers if n != "Via" or v == VIA_NAT]
+        ours = {v for n, v in extra if n == "Via"}
+        headers = [(n, v) for n, v in req.headers if n != "Via" or v in ours]
         req = SipRequest("REGISTER", req.ruri, headers)
     (out,) = silo.dump(req)
     assert out.ruri == (str(req.contacts[0].uri) if to_contact else "sip:alice@example.com")
+
+
+def test_ct_template_skips_an_odd_contact() -> None:
+    silo = make_silo(
+        from_address="sip:registrar@example.com",
+        offline_message="reply to $ct",
+        content_type_hdr="Content-Type: text/plain\r\n",
+    )
+    req = message(extra=[("Contact", f"<mailto:bob@example.org>, {GOOD};q=0.5")])
+    notice = silo.store(req).notice
+    assert notice is not None and notice.body == f"reply to {GOOD};q=0.5".encode()
+
+
+def test_dump_prefers_the_contact_with_the_highest_q() -> None:
+    silo = make_silo()
+    silo.store(message())
+    contacts = (
+        "<sip:alice@192.0.2.1>;q=0.1, <sip:alice@192.0.2.2>;q=0.9, "
+        "<sip:alice@192.0.2.3>;q=bad, <sip:alice@192.0.2.4>;q=0.5"
+    )
+    (out,) = silo.dump(register(contact=contacts))
+    assert out.ruri == "sip:alice@192.0.2.2"
+    silo.store(message())
+    (plain,) = silo.dump(register(contact="<sip:alice@192.0.2.5>;q=0.7, <sip:alice@192.0.2.6>"))
+    assert plain.ruri == "sip:alice@192.0.2.6"  # no q is q=1

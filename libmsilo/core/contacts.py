@@ -28,16 +28,20 @@ def sip_contacts(request: SipRequest, purpose: str) -> tuple[NameAddr, ...]:
     return tuple(usable)
 
 
-def _via_received(request: SipRequest) -> str | None:
-    """The ``received`` parameter of the UA's own Via (the bottom one), if the first hop set it."""
+def _via_source(request: SipRequest) -> tuple[str | None, int | None]:
+    """The ``received`` address and ``rport`` port of the UA's own Via (the bottom one), as the
+    first hop wrote them (RFC 3261 §18.2.1, RFC 3581)."""
     vias = request.header_list("Via")
-    if not vias:
-        return None
-    for param in vias[-1].split(";")[1:]:
+    received: str | None = None
+    rport: int | None = None
+    for param in vias[-1].split(";")[1:] if vias else ():
         name, _, value = param.partition("=")
-        if name.strip().lower() == "received" and value.strip():
-            return value.strip().strip("[]").lower()
-    return None
+        name, value = name.strip().lower(), value.strip()
+        if name == "received" and value:
+            received = value.strip("[]").lower()
+        elif name == "rport" and value.isdigit():
+            rport = int(value)
+    return received, rport
 
 
 def indirect_reason(contact: NameAddr, request: SipRequest) -> str | None:
@@ -46,8 +50,8 @@ def indirect_reason(contact: NameAddr, request: SipRequest) -> str | None:
     Such a contact is reached only through the registrar's own routing, so the dump then goes to
     the address of record: a REGISTER relayed with ``Path`` (RFC 3327), an outbound flow
     (``;ob``, RFC 5626), a WebSocket client (``transport=ws``/``wss``, ``.invalid`` host,
-    RFC 7118 §5) or a contact that differs from the address the REGISTER came from (NAT: Via
-    ``received``, RFC 3581).
+    RFC 7118 §5) or a contact that differs from the address or port the request came from (NAT:
+    Via ``received`` and ``rport``, RFC 3581).
     """
     uri = contact.uri
     if request.header("Path") is not None:
@@ -58,7 +62,10 @@ def indirect_reason(contact: NameAddr, request: SipRequest) -> str | None:
     host = uri.host.rstrip(".").lower()
     if transport in ("ws", "wss") or host == "invalid" or host.endswith(".invalid"):
         return "the contact is a WebSocket client (RFC 7118)"
-    received = _via_received(request)
+    received, rport = _via_source(request)
     if received is not None and received != host.strip("[]"):
-        return f"the contact is behind NAT (the REGISTER came from {received})"
+        return f"the contact is behind NAT (the request came from {received})"
+    default_port = 5061 if uri.scheme == "sips" or transport == "tls" else 5060
+    if rport is not None and rport != (uri.port or default_port):
+        return f"the contact is behind NAT (the request came from port {rport})"
     return None

@@ -56,6 +56,18 @@ def _accepts_message(contact: NameAddr, allow: frozenset[str] | None) -> bool:
     return allow is None or "MESSAGE" in allow
 
 
+def _preference(contact: NameAddr) -> float:
+    """Sort key: the higher a contact's ``q`` (default 1), the earlier; bad values count as 0."""
+    value = contact.param("q")
+    if value is None:
+        return -1.0
+    try:
+        q = float(value)
+    except ValueError:
+        return 0.0
+    return -q if 0.0 <= q <= 1.0 else 0.0
+
+
 def plan_dump(request: SipRequest | None) -> DumpPlan:
     """The REGISTER gate [BEHAVIOUR.md §3.1]: no dump when the registration removes the
     binding, has no Contact, or shows that the UA does not accept MESSAGE. Other methods always
@@ -74,6 +86,7 @@ def plan_dump(request: SipRequest | None) -> DumpPlan:
     if not live:
         return DumpPlan(False, "the registration removes its bindings (expires 0)")
     allow = request.allow
+    live.sort(key=_preference)  # the most preferred binding first (RFC 3261 §10.2.1.2)
     for contact in live:
         if _accepts_message(contact, allow):
             indirect = indirect_reason(contact, request)
