@@ -89,6 +89,8 @@ VIA_NAT = "SIP/2.0/UDP 192.168.1.7:5060;branch=z9hG4bK1;received=198.51.100.9;rp
         ("<sip:alice@198.51.100.9:5060>", [("Via", VIA_NAT)], False),  # rport 4000: NAT
         ("<sip:alice@198.51.100.9>", [("Via", VIA_NAT.replace("4000", "5060"))], True),
         ("<sip:alice@192.0.2.7:5060>", [], True),
+        ("<sip:a@[2001:DB8:0:0::7]>", [("Via", "SIP/2.0/UDP x;received=2001:db8::7")], True),
+        ("<sip:a@[2001:db8::8]>", [("Via", "SIP/2.0/UDP x;received=2001:db8::7")], False),
     ],
 )
 def test_contact_only_the_registrar_reaches_gets_the_dump_at_the_aor(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from ..message import SipRequest
@@ -44,6 +45,14 @@ def _via_source(request: SipRequest) -> tuple[str | None, int | None]:
     return received, rport
 
 
+def _same_address(received: str, host: str) -> bool:
+    """Whether a Via ``received`` address is the contact's host (IPv6 spellings compared)."""
+    try:
+        return ipaddress.ip_address(received) == ipaddress.ip_address(host)
+    except ValueError:
+        return received == host
+
+
 def indirect_reason(contact: NameAddr, request: SipRequest) -> str | None:
     """Why a MESSAGE cannot go straight to a REGISTER contact, or None when it can.
 
@@ -63,7 +72,7 @@ def indirect_reason(contact: NameAddr, request: SipRequest) -> str | None:
     if transport in ("ws", "wss") or host == "invalid" or host.endswith(".invalid"):
         return "the contact is a WebSocket client (RFC 7118)"
     received, rport = _via_source(request)
-    if received is not None and received != host.strip("[]"):
+    if received is not None and not _same_address(received, host.strip("[]")):
         return f"the contact is behind NAT (the request came from {received})"
     default_port = 5061 if uri.scheme == "sips" or transport == "tls" else 5060
     if rport is not None and rport != (uri.port or default_port):
