@@ -16,10 +16,11 @@ import pytest
 import sqlalchemy as sa
 
 from libmsilo.drivers import DriverOptions, NewMessage, ReleaseResult, StoreLayout, open_driver
-from libmsilo.drivers.schema_version import SCHEMA_VERSION
+from libmsilo.drivers.schema_version import SCHEMA_VERSION, VERSIONS
 from libmsilo.drivers.sql import _TRIES, SqlDriver, _connect_args, open_sql, sql_url
 from libmsilo.drivers.sql_ops import SqlOps
 from libmsilo.drivers.sql_pool import is_retryable
+from libmsilo.drivers.sql_schema import VERSION_COLUMNS
 from libmsilo.errors import (
     InvalidRequest,
     SchemaOutdated,
@@ -528,6 +529,10 @@ def test_schema_versions_are_recorded_and_checked(backend: Backend, driver: SqlD
         assert fresh.schema_version() == SCHEMA_VERSION
     finally:
         fresh.close()
+
+
+def test_every_schema_version_has_its_sql_step() -> None:
+    assert sorted(VERSION_COLUMNS) == sorted(VERSIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 
 def test_drop_schema_removes_the_version_table_with_its_last_row(backend: Backend) -> None:

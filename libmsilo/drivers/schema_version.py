@@ -6,6 +6,10 @@ Each store records the version of the libmsilo schema it holds (SQL: a row of th
 older one with :class:`~libmsilo.errors.SchemaOutdated`; ``migrate`` (``msilo migrate``) takes a
 store up one version at a time. Version 0 is a C module's ``silo`` table (OpenSIPS version 6,
 Kamailio version 8), which only SQL stores can hold.
+
+A new version is a new entry in :data:`VERSIONS` plus its step in each driver: the SQL columns it
+adds in :data:`.sql_schema.VERSION_COLUMNS`; MongoDB and Redis, being schemaless, only record it
+unless their documents or keys change shape.
 """
 
 from __future__ import annotations
