@@ -8,9 +8,11 @@ explicit zone with daylight saving applied, and anything malformed raises :class
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
+import struct
 import time
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -88,6 +90,21 @@ def _zone_at_path(path: str) -> ZoneInfo | None:
     return zone if zone is not None else _zone_from_file(real)
 
 
+def _zone_from_rule(rule: str) -> ZoneInfo | None:
+    """The zone a POSIX TZ rule describes (``CET-1CEST,M3.5.0,M10.5.0/3``), daylight saving
+    included: a TZif file without transitions whose footer is the rule, read by zoneinfo."""
+    if not rule.isascii() or "\n" in rule or len(rule) > 256:
+        return None
+    header = b"TZif2" + bytes(15) + struct.pack(">6l", 0, 0, 0, 0, 1, 4)
+    block = header + struct.pack(">lbb", 0, 0, 0) + b"UTC\0"  # one local time type, unused
+    try:
+        return ZoneInfo.from_file(
+            io.BytesIO(block + block + b"\n" + rule.encode() + b"\n"), key=rule
+        )
+    except ValueError:
+        return None
+
+
 def _fixed_local_offset() -> tzinfo:
     """The local zone's current offset, for when the zone has no IANA name."""
     now = time.localtime()
@@ -99,7 +116,8 @@ def local_zone() -> tzinfo:
 
     Looks at ``TZ`` (as the C library does, it takes precedence; ``TZ=:/path`` names a TZif
     file), then the ``/etc/localtime`` symlink, then ``/etc/timezone``, then the zone held in a
-    copied ``/etc/localtime`` file. Never raises.
+    copied ``/etc/localtime`` file. A POSIX rule in ``TZ`` keeps its daylight-saving rule;
+    only what no rule describes falls back to the current offset. Never raises.
     """
     try:
         tz_env = os.environ.get("TZ")
@@ -109,7 +127,8 @@ def local_zone() -> tzinfo:
             if not name:
                 return UTC
             zone = _zone_at_path(name) if name.startswith("/") else _zone_or_none(name)
-            # A POSIX rule string ("CET-1CEST,M3.5.0,M10.5.0/3") has no name: use the offset.
+            if zone is None and not tz_env.startswith(":"):
+                zone = _zone_from_rule(name)  # a POSIX rule: "CET-1CEST,M3.5.0,M10.5.0/3"
             return zone if zone is not None else _fixed_local_offset()
         if os.path.islink(_LOCALTIME):
             zone = _key_from_path(os.path.realpath(_LOCALTIME))
@@ -131,8 +150,9 @@ def local_zone() -> tzinfo:
 
 
 def parse_zone(name: str) -> ZoneInfo:
-    """The ``ZoneInfo`` for an IANA zone name or a TZif file path (``/…`` or ``:/…``, as in
-    ``TZ``); ``SettingsError`` naming the value when unknown."""
+    """The ``ZoneInfo`` for an IANA zone name, a TZif file path (``/…`` or ``:/…``) or a POSIX
+    rule (``CET-1CEST,M3.5.0,M10.5.0/3``), as ``TZ`` takes them; ``SettingsError`` naming the
+    value when unknown."""
     if not isinstance(name, str) or not name.strip():
         raise SettingsError(
             f"timezone: expected an IANA zone name such as 'Europe/Berlin', got {name!r}"
@@ -143,7 +163,7 @@ def parse_zone(name: str) -> ZoneInfo:
         if zone is None:
             raise SettingsError(f"timezone: {path!r} is not a readable TZif zone file")
         return zone
-    zone = _zone_or_none(name.strip())
+    zone = _zone_or_none(name.strip()) or _zone_from_rule(name.strip())
     if zone is None:
         raise SettingsError(f"timezone: unknown IANA zone name {name!r}")
     return zone

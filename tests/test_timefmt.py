@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libmsilo import MsiloSettings
 from libmsilo.errors import InvalidRequest, InvalidSendTime, SettingsError
 from libmsilo.timefmt import (
     ctime24,
@@ -374,9 +375,32 @@ def test_empty_tz_means_utc() -> None:
     assert zone.utcoffset(datetime(2024, 7, 1)) == timedelta(0)
 
 
-@pytest.mark.parametrize("rule", ["CET-1CEST,M3.5.0,M10.5.0/3", "XYZ-7", "<+0530>-5:30"])
-def test_unnamed_tz_rule_falls_back_to_current_offset(rule: str) -> None:
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "CET-1CEST,M3.5.0,M10.5.0/3",
+        "XYZ-7",
+        "<+0530>-5:30",
+        "AEST-10AEDT,M10.1.0,M4.1.0/3",  # southern hemisphere: summer time over new year
+        "NZST-12NZDT-13,M9.5.0,M4.1.0/3",
+        "PST8PDT,J60/2,J300/2",
+    ],
+)
+def test_posix_tz_rule_keeps_daylight_saving_like_the_c_library(rule: str) -> None:
+    epochs = [utc_epoch(2024, m, 15, h) for m in range(1, 13) for h in (0, 12)]
+    epochs += [utc_epoch(2024, 3, 31, 0, 59, 59), utc_epoch(2024, 3, 31, 1), 0]
     with process_tz(rule):
+        zone = local_zone()
+        expected = [time.localtime(e).tm_gmtoff for e in epochs]
+    assert isinstance(zone, ZoneInfo)
+    got = [datetime.fromtimestamp(e, zone).utcoffset() for e in epochs]
+    assert got == [timedelta(seconds=s) for s in expected]
+    assert MsiloSettings(timezone=rule).zone.utcoffset(datetime(2024, 7, 1)) == got[13]
+
+
+@pytest.mark.parametrize("value", [":CET-1CEST,M3.5.0,M10.5.0/3", "Nowhere"])
+def test_what_no_rule_describes_falls_back_to_the_current_offset(value: str) -> None:
+    with process_tz(value):
         zone = local_zone()
         expected = time.localtime().tm_gmtoff
     assert not isinstance(zone, ZoneInfo)
