@@ -47,11 +47,16 @@ def test_storage_runs_off_the_event_loop() -> None:
     assert driver_threads and not driver_threads & loop_threads
 
 
-def test_run_forever_sends_reminders_and_reports_send_failures() -> None:
-    clock = Clock(T0)
-    silo = AsyncSilo(
+def _reminding(clock: Clock) -> AsyncSilo:
+    """An AsyncSilo on memory whose reminder sweep runs every second."""
+    return AsyncSilo(
         Silo(MemoryDriver(), settings(reminder="sip:r@example.com", send_time=1), clock=clock)
     )
+
+
+def test_run_forever_sends_reminders_and_reports_send_failures() -> None:
+    clock = Clock(T0)
+    silo = _reminding(clock)
     sent: list[OutgoingMessage] = []
 
     async def send(msg: OutgoingMessage) -> None:
@@ -117,9 +122,7 @@ def test_the_parity_check_sees_a_missing_method() -> None:
 
 def test_send_failed_and_start_stop() -> None:
     clock = Clock(T0)
-    silo = AsyncSilo(
-        Silo(MemoryDriver(), settings(reminder="sip:r@example.com", send_time=1), clock=clock)
-    )
+    silo = _reminding(clock)
     sent: list[OutgoingMessage] = []
     got = asyncio.Event()
 
@@ -145,9 +148,7 @@ def test_send_failed_and_start_stop() -> None:
 def test_async_timer_loop_sleeps_until_the_next_timer_not_poll() -> None:
     # The reminder sweep is due every second: with poll=3600 the loop must still wake for it.
     clock = Clock(T0)
-    silo = AsyncSilo(
-        Silo(MemoryDriver(), settings(reminder="sip:r@example.com", send_time=1), clock=clock)
-    )
+    silo = _reminding(clock)
     sent: list[OutgoingMessage] = []
 
     async def send(msg: OutgoingMessage) -> None:

@@ -96,15 +96,27 @@ def test_late_failure_does_not_release_a_newer_lease() -> None:
     assert other.on_reply(mid, 200) is ReplyOutcome.DELIVERED
 
 
+def _sent_twice(
+    clock: Clock, silo: Silo, gap: int = 0, *, tick: bool = False
+) -> tuple[int, OutgoingMessage, OutgoingMessage]:
+    """A message dumped (d1), left unanswered until its lease ran out (plus ``gap`` s, then a
+    timer tick if asked), and dumped again (d2) at a re-registration."""
+    mid = silo.store(message()).mid
+    assert mid is not None
+    [d1] = silo.dump(register())
+    clock.advance(silo.policy.lease_seconds + gap)
+    if tick:
+        silo.tick()
+    [d2] = silo.dump(register())
+    assert d1.mid == d2.mid == mid and d2.lease_token != d1.lease_token
+    return mid, d1, d2
+
+
 def test_late_reply_of_a_superseded_delivery_does_not_release_the_newer_one() -> None:
     # issue 9.2: d1 unanswered, lease over, re-registration sends d2, then d1's 408 arrives
     clock = Clock(T0)
     silo = make_silo(clock)
-    mid = silo.store(message()).mid
-    [d1] = silo.dump(register())
-    clock.advance(silo.policy.lease_seconds)
-    [d2] = silo.dump(register())
-    assert d2.mid == mid and d2.lease_token != d1.lease_token
+    mid, d1, _ = _sent_twice(clock, silo)
     assert silo.on_reply(mid, 408) is ReplyOutcome.IGNORED  # d1's, without a token
     assert silo.dump(register()) == []  # d2's lease lives: nothing is sent a third time
     assert silo.on_reply(mid, 408, token=d1.lease_token) is ReplyOutcome.IGNORED
@@ -116,11 +128,8 @@ def test_late_reply_of_a_superseded_delivery_does_not_release_the_newer_one() ->
 def test_late_reply_with_token_after_purge_tick() -> None:
     clock = Clock(T0)
     silo = make_silo(clock)
-    mid = silo.store(message()).mid
-    [_d1] = silo.dump(register())
-    clock.advance(silo.policy.lease_seconds + 1)
-    silo.tick()  # the purge runs: d1 is still remembered as unanswered
-    [d2] = silo.dump(register())
+    # the purge runs between the two: d1 is still remembered as unanswered
+    mid, _, d2 = _sent_twice(clock, silo, 1, tick=True)
     assert silo.on_reply(mid, 500) is ReplyOutcome.IGNORED
     assert silo.dump(register()) == []
     assert silo.on_reply(mid, 503, token=d2.lease_token) is ReplyOutcome.RETRY
@@ -131,10 +140,7 @@ def test_late_reply_with_token_after_purge_tick() -> None:
 def test_2xx_of_a_superseded_delivery_deletes() -> None:
     clock = Clock(T0)
     silo = make_silo(clock)
-    mid = silo.store(message()).mid
-    [d1] = silo.dump(register())
-    clock.advance(silo.policy.lease_seconds)
-    [d2] = silo.dump(register())
+    mid, d1, d2 = _sent_twice(clock, silo)
     assert silo.on_reply(mid, 200, token=d1.lease_token) is ReplyOutcome.DELIVERED
     assert silo.on_reply(mid, 200, token=d2.lease_token) is ReplyOutcome.IGNORED
     assert silo.get(mid) is None and silo.stats.dumped_messages == 1

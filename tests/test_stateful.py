@@ -170,22 +170,6 @@ class SiloMachine(RuleBasedStateMachine):
         lifetime: int | None,
         quota: int | None,
     ) -> None:
-        self._store(owner, silo, expires, remind_in, lifetime, quota)
-
-    @rule(owner=st.sampled_from(OWNERS), silo=st.integers(0, 1), count=st.integers(1, 3))
-    def store_plain(self, owner: str, silo: int, count: int) -> None:
-        for _ in range(count):
-            self._store(owner, silo, None, None, None, None)
-
-    def _store(
-        self,
-        owner: str,
-        silo: int,
-        expires: int | None,
-        remind_in: int | None,
-        lifetime: int | None,
-        quota: int | None,
-    ) -> None:
         extra = [("Expires", str(expires))] if expires is not None else []
         snd = 0 if remind_in is None else self.now + remind_in
         result = self.silos[silo].store(
@@ -206,6 +190,11 @@ class SiloMachine(RuleBasedStateMachine):
             span = min(span, expires)
         self.used_mids.add(result.mid)
         self.rows[result.mid] = Row(result.mid, owner, max(self.now, snd) + span, snd)
+
+    @rule(owner=st.sampled_from(OWNERS), silo=st.integers(0, 1), count=st.integers(1, 3))
+    def store_plain(self, owner: str, silo: int, count: int) -> None:
+        for _ in range(count):
+            self.store(owner, silo, None, None, None, None)
 
     @rule(
         owner=st.sampled_from(OWNERS),
