@@ -17,8 +17,9 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from .bench import BenchReport, Measurement
+    from .bench.concurrency import ConcurrencyResult
 
-__all__ = ["bench", "results_tables"]
+__all__ = ["bench", "concurrency_table", "results_tables"]
 
 
 def __getattr__(name: str) -> Any:
@@ -121,6 +122,27 @@ def bench(
             ),
         ),
     ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            help=(
+                "Instead: N producers in one process (threads with and without group commit, "
+                "asyncio tasks, the raw baseline), stores/s and acks/s, and the store latency "
+                "at --rate stores/s offered."
+            ),
+        ),
+    ] = None,
+    per_producer: Annotated[
+        int, typer.Option("--per-producer", min=1, help="--concurrency: stores per producer.")
+    ] = 200,
+    rate: Annotated[
+        float, typer.Option("--rate", min=1, help="--concurrency: stores/s offered.")
+    ] = 2000.0,
+    duration: Annotated[
+        float, typer.Option("--duration", min=0.1, max=60, help="--concurrency: seconds offered.")
+    ] = 2.0,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart PNG.")] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON.")
@@ -133,6 +155,10 @@ def bench(
     if plot is not None:
         require_matplotlib()  # before the run, not after it
     console = Console(highlight=False)
+    if concurrency is not None:
+        options = {"per_producer": per_producer, "rate": rate, "duration": duration}
+        _concurrency(console, db_url, concurrency, options, json_out)
+        return
     with tempfile.TemporaryDirectory(prefix="msilo-bench-") as tmp:
         urls = tuple(db_url or [f"sqlite:///{Path(tmp) / 'bench.db'}"])
         config = BenchConfig(
@@ -171,3 +197,50 @@ def bench(
         console.print(f"wrote {plot}")
     if report.failures:
         raise BenchError("bench: " + "; ".join(f"{name}: {err}" for name, err in report.failures))
+
+
+def concurrency_table(results: list[ConcurrencyResult]) -> Table:
+    """Stores/s and acks/s of every path, and the store latency at the offered load."""
+    table = Table(title="N producers in one process: stores/s, acks/s (one run)")
+    for name in ("backend", "path", "producers", "stores/s", "acks/s", "note"):
+        table.add_column(name, justify="left" if name in ("backend", "path", "note") else "right")
+    for r in results:
+        for p in r.paths:
+            rates = ("-", "-") if p.error else (f"{p.store_rate:,.0f}", f"{p.ack_rate:,.0f}")
+            table.add_row(r.backend, p.path, str(p.producers), *rates, p.error or "")
+        if r.latency_error:
+            table.add_row(r.backend, "latency", str(r.producers), "-", "-", r.latency_error)
+        else:
+            note = f"p50 {r.latency_p50_ms:.1f} ms, p99 {r.latency_p99_ms:.1f} ms"
+            table.add_row(
+                r.backend, "latency", str(r.producers), f"{r.latency_rate:,.0f} offered", "", note
+            )
+    return table
+
+
+def _concurrency(
+    console: Console,
+    db_url: list[str] | None,
+    producers: int,
+    options: dict[str, Any],
+    json_out: Path | None,
+) -> None:
+    import json
+
+    from .bench.concurrency import ConcurrencyConfig, run_concurrency
+    from .masking import mask_url
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="msilo-bench-") as tmp:
+        for url in db_url or [f"sqlite:///{Path(tmp) / 'bench.db'}"]:
+            config = ConcurrencyConfig(url, producers=producers, **options)
+            label = mask_url(url)
+
+            def step(what: str, label: str = label) -> None:
+                console.print(f"{label}: measuring {what}")
+
+            results.append(run_concurrency(config, step))
+    console.print(concurrency_table(results))
+    if json_out is not None:
+        json_out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+        console.print(f"wrote {json_out}")

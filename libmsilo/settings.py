@@ -130,6 +130,7 @@ class MsiloSettings(BaseSettings):
     group_commit: bool = True
     group_commit_size: int = Field(64, ge=1)
     group_commit_wait: float = Field(0.0, ge=0, le=1)
+    group_commit_flushers: int = Field(0, ge=0)
     redis_wait_replicas: int = Field(0, ge=0)
     redis_wait_timeout: float = Field(1.0, gt=0)
     redis_wait_aof: bool = False

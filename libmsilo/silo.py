@@ -37,7 +37,7 @@ from .core import (
     split_owner_uri,
     store_limits,
 )
-from .drivers import open_driver
+from .drivers import open_driver, url_scheme
 from .drivers.base import Driver
 from .drivers.batch import delete_many, insert_many, release_many
 from .errors import InvalidRequest, MsiloError
@@ -82,11 +82,18 @@ class Silo:
         self._deliveries = DeliveryTracker(self.policy.lease_seconds)
         self._schedule = TimerSchedule()
         # Group commit: concurrent stores, acks and releases share one batch per flush.
-        size, wait = self.settings.group_commit_size, self.settings.group_commit_wait
         self._group = self.settings.group_commit
-        self._inserts = GroupCommit(self._flush_inserts, max_batch=size, max_wait=wait)
-        self._deletes = GroupCommit(self._flush_deletes, max_batch=size, max_wait=wait)
-        self._releases = GroupCommit(self._flush_releases, max_batch=size, max_wait=wait)
+        size, wait = self.settings.group_commit_size, self.settings.group_commit_wait
+        flushers = _flushers(self.settings)
+        self._inserts = GroupCommit(
+            self._flush_inserts, max_batch=size, max_wait=wait, flushers=flushers
+        )
+        self._deletes = GroupCommit(
+            self._flush_deletes, max_batch=size, max_wait=wait, flushers=flushers
+        )
+        self._releases = GroupCommit(
+            self._flush_releases, max_batch=size, max_wait=wait, flushers=flushers
+        )
 
     @classmethod
     def from_settings(
@@ -484,6 +491,16 @@ class Silo:
     def purge_expired(self, now: float | None = None) -> int:
         """Delete every expired message now."""
         return self.driver.delete_expired(int(self._clock() if now is None else now))
+
+
+def _flushers(settings: MsiloSettings) -> int:
+    """Batches of one kind flushed at once: ``group_commit_flushers``, or by default one for
+    SQLite (one writer at a time) and half the pool elsewhere (their round trips overlap)."""
+    if settings.group_commit_flushers:
+        return settings.group_commit_flushers
+    if url_scheme(settings.db_url).startswith("sqlite"):
+        return 1
+    return max(1, settings.db_pool_size // 2)
 
 
 class TimerThread(threading.Thread):

@@ -186,3 +186,22 @@ def test_the_cli_imports_the_benchmark_only_for_its_command() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "redis"])
+def test_bench_concurrency_measures_every_path(kind: str, tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'c.db'}" if kind == "sqlite" else backend_url(kind)
+    out_json = tmp_path / "c.json"
+    args = ["bench", "--db-url", db_url, "--concurrency", "4", "--per-producer", "5"]
+    args += ["--rate", "200", "--duration", "0.2", "--json", str(out_json)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "stores/s" in result.stdout and "p99" in result.stdout
+    ((backend,),) = [json.loads(out_json.read_text())]
+    assert backend["latency_error"] is None and backend["latency_p99_ms"] > 0
+    paths = {p["path"]: p for p in backend["paths"]}
+    assert set(paths) == {"group", "unbatched", "asyncio", "raw", "single", "raw-single"}
+    for p in paths.values():
+        assert p["error"] is None, p
+        assert p["stores"] == (5 if p["producers"] == 1 else 20)
+        assert p["store_rate"] > 0 and p["ack_rate"] > 0

@@ -324,28 +324,30 @@ class SqlOps:
         """Insert ``rows`` in one transaction: with a quota, every owner's lock is taken first,
         in sorted order (two batches never wait on each other in a cycle), and each row is
         counted against the rows committed before and those inserted earlier in the batch."""
+        sql = self.insert_sql
+        keys: list[bytes] = []
+        if max_messages > 0:
+            sql = self.quota_sql
+            for params in rows:
+                params["max"] = max_messages
+                params["u"], params["d"] = params["username"], params["domain"]
+            keys = sorted({self.owner_key(p["u"], p["d"]) for p in rows})
+        if self.kind == "postgresql" and hasattr(conn, "pipeline"):  # psycopg 3
+            return self._insert_batch_pg(cur, conn, sql, rows, keys)
         cur.execute(self._begin)
         held: list[str] = []
         try:
-            sql = self.insert_sql
-            if max_messages > 0:
-                sql = self.quota_sql
-                for params in rows:
-                    params["max"] = max_messages
-                    params["u"], params["d"] = params["username"], params["domain"]
-                keys = sorted({self.owner_key(p["u"], p["d"]) for p in rows})
-                if self.kind == "postgresql":
-                    for key in keys:
-                        number = int.from_bytes(key[:8], "big", signed=True)
-                        self.lock_sql.run(cur, {"key": number})
-                elif self.kind == "mysql":
-                    for key in keys:
-                        name = "msilo:" + key.hex()
-                        self.lock_sql.run(cur, {"key": name, "wait": self.timeout})
-                        got = cur.fetchone()
-                        if not got or got[0] != 1:
-                            raise StorageError("timed out waiting for an owner's quota lock")
-                        held.append(name)
+            if keys and self.kind == "postgresql":  # psycopg2: no pipeline mode
+                for key in keys:
+                    self.lock_sql.run(cur, {"key": int.from_bytes(key[:8], "big", signed=True)})
+            if keys and self.kind == "mysql":
+                for key in keys:
+                    name = "msilo:" + key.hex()
+                    self.lock_sql.run(cur, {"key": name, "wait": self.timeout})
+                    got = cur.fetchone()
+                    if not got or got[0] != 1:
+                        raise StorageError("timed out waiting for an owner's quota lock")
+                    held.append(name)
             mids = [self._insert_row(sql, cur, params) for params in rows]
             conn.commit()
             return mids
@@ -353,6 +355,29 @@ class SqlOps:
             for name in held:
                 self.unlock_sql.run(cur, {"key": name})
                 cur.fetchall()
+
+    def _insert_batch_pg(
+        self, cur: Any, conn: Any, sql: _Sql, rows: list[dict[str, Any]], keys: list[bytes]
+    ) -> list[int | None]:
+        """PostgreSQL: the whole transaction in one pipeline (psycopg's pipeline mode): the
+        owners' locks in order, then every insert, their ids read at the end."""
+        numbers = [int.from_bytes(key[:8], "big", signed=True) for key in keys]
+        with conn.pipeline():
+            cur.execute(self._begin)
+            if numbers:
+                locks = [{**self.lock_sql.defaults, "key": n} for n in numbers]
+                cur.executemany(self.lock_sql.text, locks)
+            # A cursor of its own: its result sets are the inserts' alone.
+            with conn.cursor() as ins:
+                ins.executemany(sql.text, [{**sql.defaults, **p} for p in rows], returning=True)
+                mids: list[int | None] = []
+                while True:
+                    row = ins.fetchone()
+                    mids.append(None if row is None else int(row[0]))
+                    if not ins.nextset():
+                        break
+        conn.commit()
+        return mids
 
     def delete_batch(self, cur: Any, conn: Any, mids: list[int]) -> set[int]:
         """Delete the rows of ``mids`` in one statement; the ids that existed."""

@@ -1,0 +1,46 @@
+"""The native batch steps really run as one batch: a driver's insert_many / delete_many never
+falls back to its single steps when nothing is wrong (the looping default hides failures)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from libmsilo.drivers import Driver, DriverOptions, StoreLayout, open_driver
+from libmsilo.testing import make_message, unique_table
+from tests.backends import backend_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql", "redis"])
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Driver]:
+    kind = request.param
+    url = f"sqlite:///{tmp_path / 'n.db'}" if kind == "sqlite" else backend_url(kind)
+    d = open_driver(url, StoreLayout(table=unique_table()), DriverOptions(timeout=10))
+    d.create_schema()
+    yield d
+    d.drop_schema()
+    d.close()
+
+
+def _no_single_steps(driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a single step ran inside a batch")
+
+    for name in ("insert", "delete"):
+        monkeypatch.setattr(driver, name, refuse)
+
+
+@pytest.mark.parametrize("quota", [0, 3])
+def test_insert_many_and_delete_many_are_native(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch, quota: int
+) -> None:
+    msgs = [make_message(user=f"n{i % 2}", body=b"%d" % i) for i in range(8)]
+    _no_single_steps(driver, monkeypatch)
+    got = driver.insert_many(msgs, quota)  # type: ignore[attr-defined]
+    stored = [m for m in got if isinstance(m, int)]
+    assert len(stored) == (6 if quota else 8)
+    assert got.count(None) == len(msgs) - len(stored)
+    assert driver.delete_many([*stored, 10**12]) == [True] * len(stored) + [False]  # type: ignore[attr-defined]
+    assert driver.count("n0", "example.com", 0) == 0
