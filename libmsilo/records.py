@@ -10,7 +10,9 @@ from dataclasses import dataclass, fields
 from .errors import InvalidRequest
 
 __all__ = [
+    "CORE_FIELDS",
     "IDENTIFIER_RE",
+    "KAMAILIO_FIELDS",
     "LEASE_FIELDS",
     "MAX_INT64",
     "MAX_TOKEN",
@@ -50,6 +52,10 @@ class NewMessage:
     inc_time: int
     exp_time: int
     snd_time: int = 0
+    #: Kamailio: header lines (each ending CRLF) put back on the dumped MESSAGE; "" for none.
+    extra_hdrs: str = ""
+    #: Kamailio ``use_mode`` 1: the stored MESSAGE's Call-ID, reused when it is dumped; "" for none.
+    callid: str = ""
 
     @property
     def is_reminder(self) -> bool:
@@ -59,6 +65,10 @@ class NewMessage:
 
 #: The message fields (columns) in :class:`NewMessage` order.
 MESSAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(NewMessage))
+#: Kamailio's optional fields: "" when unused, and left out of stores that need not keep them.
+KAMAILIO_FIELDS: tuple[str, ...] = ("extra_hdrs", "callid")
+#: The message fields both C modules write.
+CORE_FIELDS: tuple[str, ...] = tuple(f for f in MESSAGE_FIELDS if f not in KAMAILIO_FIELDS)
 #: The delivery-state fields a stored row adds, besides its id.
 LEASE_FIELDS: tuple[str, ...] = ("lease_token", "lease_until", "attempts")
 

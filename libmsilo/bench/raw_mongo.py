@@ -17,13 +17,13 @@ from bson.binary import Binary
 from bson.int64 import Int64
 from pymongo import ASCENDING, ReturnDocument
 
-from ..drivers.base import MESSAGE_FIELDS
+from ..records import CORE_FIELDS
 from .workload import EXPIRE_TIME, RawMessage, Row, render_dump, render_reminder
 
 __all__ = ["RawMongo", "mongo_database", "mongo_document"]
 
 Doc = dict[str, Any]
-_FIELDS = MESSAGE_FIELDS
+_FIELDS = CORE_FIELDS
 
 
 def mongo_database(url: str) -> tuple[Any, Any]:

@@ -11,14 +11,15 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from ..drivers import open_driver
-from ..drivers.base import MESSAGE_FIELDS, Driver, StoreLayout
+from ..drivers.base import Driver, StoreLayout
 from ..drivers.schemes import scheme_of
 from ..errors import SettingsError
+from ..records import CORE_FIELDS
 from .workload import RawMessage, Row, render_dump, render_reminder
 
 __all__ = ["RawMySQL", "RawPostgres", "RawSQLite", "open_raw_sql"]
 
-COLUMNS = MESSAGE_FIELDS
+COLUMNS = CORE_FIELDS  # Kamailio's optional extra_hdrs and callid keep their defaults
 _DUMP_COLS = "mid, src_addr, dst_addr, ctype, body, inc_time"
 _SWEEP_COLS = "mid, username, domain, ctype, body, snd_time"
 _CHUNK = 5000

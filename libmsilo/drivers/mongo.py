@@ -191,6 +191,10 @@ class MongoDriver(DriverBase):
             lay.lease_until: None,
             lay.attempts: 0,
         }
+        if msg.extra_hdrs:  # absent fields read back as ""
+            doc[lay.extra_hdrs] = msg.extra_hdrs
+        if msg.callid:
+            doc[lay.callid] = msg.callid
         exp_at = _as_date(msg.exp_time)
         if exp_at is not None:
             doc[_EXP_AT] = exp_at
@@ -211,6 +215,8 @@ class MongoDriver(DriverBase):
                 inc_time=int(doc[lay.inc_time]),
                 exp_time=int(doc[lay.exp_time]),
                 snd_time=int(doc.get(lay.snd_time) or 0),
+                extra_hdrs=str(doc.get(lay.extra_hdrs) or ""),
+                callid=str(doc.get(lay.callid) or ""),
                 mid=int(doc["_id"]),
                 lease_token=doc.get(lay.lease_token),
                 lease_until=None if lease_until is None else int(lease_until),

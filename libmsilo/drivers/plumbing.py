@@ -51,7 +51,7 @@ INT64_MAX = MAX_INT64
 #: The longest lease token a driver accepts (the SQL column's width).
 TOKEN_MAX = MAX_TOKEN
 
-_TEXT_FIELDS = ("src_addr", "dst_addr", "username", "domain", "ctype")
+_TEXT_FIELDS = ("src_addr", "dst_addr", "username", "domain", "ctype", "extra_hdrs", "callid")
 _TIME_FIELDS = ("inc_time", "exp_time", "snd_time")
 
 P = ParamSpec("P")

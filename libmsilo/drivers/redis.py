@@ -127,7 +127,8 @@ def _group_base(prefix: bytes, group: int) -> bytes:
 
 def _record(values: Sequence[Any]) -> StoredMessage:
     """A StoredMessage from the fields a script returns in RECORD_FIELDS order."""
-    mid, src, dst, user, domain, body, ctype, inc, exp, snd, token, until, attempts = values
+    mid, src, dst, user, domain, body, ctype, inc, exp, snd, extra, callid = values[:12]
+    token, until, attempts = values[12:]
     # Inlined decoding: this runs once per claimed row, the driver's hottest Python.
     return StoredMessage(
         (src or b"").decode("utf-8", "surrogatepass"),
@@ -139,6 +140,8 @@ def _record(values: Sequence[Any]) -> StoredMessage:
         int(inc) if inc is not None else 0,
         int(exp) if exp is not None else 0,
         int(snd) if snd is not None else 0,
+        extra.decode("utf-8", "surrogatepass") if extra else "",
+        callid.decode("utf-8", "surrogatepass") if callid else "",
         int(mid) if mid is not None else 0,
         token.decode("utf-8", "surrogatepass") if token is not None else None,
         int(until) if until is not None else None,
@@ -495,7 +498,7 @@ class RedisDriver(DriverBase):
         msg_key = b"{%s:g%d}:m:%d" % (self._prefix, group, mid)
         inc, exp, snd = msg.inc_time, msg.exp_time, msg.snd_time
         f = self._fields
-        args = (
+        args: tuple[Any, ...] = (
             *(max_messages, inc, exp, snd, mid),
             *(f["mid"], mid),
             *(f["src_addr"], _text(msg.src_addr)),
@@ -509,6 +512,10 @@ class RedisDriver(DriverBase):
             *(f["snd_time"], snd),
             *(f["attempts"], 0),
         )
+        if msg.extra_hdrs:  # absent fields read back as ""
+            args += (f["extra_hdrs"], _text(msg.extra_hdrs))
+        if msg.callid:
+            args += (f["callid"], _text(msg.callid))
         return ("insert", (exp_key, off_key, msg_key), args), mid
 
     @storage_step

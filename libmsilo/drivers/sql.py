@@ -403,7 +403,8 @@ class SqlDriver(DriverBase):
         limits = self._limits or limits_from_table(self._table, self._dialect.name)
         limits.check(msg)
         if ops.kind == "postgresql":
-            for text in (msg.src_addr, msg.dst_addr, msg.username, msg.domain, msg.ctype):
+            texts = (msg.src_addr, msg.dst_addr, msg.username, msg.domain, msg.ctype)
+            for text in (*texts, msg.extra_hdrs, msg.callid):
                 if "\x00" in text:
                     raise InvalidRequest("PostgreSQL text cannot hold NUL characters")
         elif ops.max_body is not None and len(msg.body) > ops.max_body:
@@ -421,6 +422,8 @@ class SqlDriver(DriverBase):
             "inc_time": msg.inc_time,
             "exp_time": msg.exp_time,
             "snd_time": msg.snd_time,
+            "extra_hdrs": msg.extra_hdrs,
+            "callid": msg.callid,
         }
         return params
 

@@ -67,18 +67,38 @@ class _Sql:
         cur.execute(self.text, {**self.defaults, **params} if self.defaults else params)
 
 
+# Positions in a row selected as ROW_FIELDS.
+_BODY, _CTYPE = ROW_FIELDS.index("body"), ROW_FIELDS.index("ctype")
+_EXTRA, _CALLID = ROW_FIELDS.index("extra_hdrs"), ROW_FIELDS.index("callid")
+_MID, _TOKEN = ROW_FIELDS.index("mid"), ROW_FIELDS.index("lease_token")
+_ATTEMPTS = ROW_FIELDS.index("attempts")
+assert (_BODY, _CTYPE, _EXTRA, _CALLID) == (4, 5, 9, 10) and _TOKEN == _MID + 1  # _row's layout
+
+
+def _text_column(value: Any) -> str:
+    """A text column a C server may leave NULL or write as a BLOB (Kamailio's extra_hdrs)."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return str(value)
+
+
 def _row(r: Any) -> StoredMessage:
-    body, ctype = r[4], r[5]
-    if type(body) is bytes and ctype is not None:
+    body, ctype, extra, callid = r[_BODY], r[_CTYPE], r[_EXTRA], r[_CALLID]
+    if type(body) is bytes and ctype is not None and type(extra) is str and callid is not None:
         return StoredMessage(*r)  # the usual case: columns are selected in field order
-    # NULL body / ctype (OpenSIPS stores body-less requests) read back as empty values
+    # NULL body / ctype (OpenSIPS stores body-less requests) read back as empty values; so do
+    # the extra_hdrs and callid a C server left NULL (or wrote as a BLOB)
     body = body if type(body) is bytes else bytes(body or b"")
-    fixed: tuple[Any, ...] = (*r[:4], body, ctype or "", *r[6:])
+    fixed: tuple[Any, ...] = (
+        *r[:4], body, ctype or "", *r[6:9], _text_column(extra), _text_column(callid), *r[11:],
+    )  # fmt: skip
     return StoredMessage(*fixed)
 
 
 def _leased(r: Any, token: str, lease_until: int) -> StoredMessage:
-    return _row((*r[:10], token, lease_until, r[12]))
+    return _row((*r[:_TOKEN], token, lease_until, r[_ATTEMPTS]))
 
 
 class SqlOps:
@@ -405,13 +425,13 @@ class SqlOps:
         sql = self.due_sql if due else self.claim_sql
         if self.returning:
             sql.run(cur, params)
-            rows = sorted(cur.fetchall(), key=lambda r: r[9])
+            rows = sorted(cur.fetchall(), key=lambda r: r[_MID])
             return [_row(r) for r in rows]
         cur.execute(self._begin)
         sql.run(cur, params)
         rows = cur.fetchall()
         if rows:
-            ids: dict[str, Any] = {f"m{i}": r[9] for i, r in enumerate(rows)}
+            ids: dict[str, Any] = {f"m{i}": r[_MID] for i, r in enumerate(rows)}
             ids.update(tok=params["tok"], lu=params["lu"])
             cur.execute(self._lease_update(len(rows)), ids)
         conn.commit()

@@ -47,7 +47,7 @@ VERSION_COLUMNS: dict[int, tuple[str, ...]] = {
 #: Every column a migration adds; the others make a table a ``silo`` table.
 MIGRATED_FIELDS = tuple(f for fields in VERSION_COLUMNS.values() for f in fields)
 
-_TEXT_FIELDS = ("src_addr", "dst_addr", "username", "domain", "ctype")
+_TEXT_FIELDS = ("src_addr", "dst_addr", "username", "domain", "ctype", "callid")
 _TIME_FIELDS = ("inc_time", "exp_time", "snd_time")
 # Each index is "present" when some index starts with these columns (by field), whatever its name.
 _INDEX_PREFIXES = {

@@ -55,6 +55,8 @@ def make_message(
     exp_time: int = NOW + HOUR,
     snd_time: int = 0,
     ctype: str = "text/plain",
+    extra_hdrs: str = "",
+    callid: str = "",
 ) -> NewMessage:
     """A message for ``user@domain`` with test defaults."""
     return NewMessage(
@@ -67,6 +69,8 @@ def make_message(
         inc_time=inc_time,
         exp_time=exp_time,
         snd_time=snd_time,
+        extra_hdrs=extra_hdrs,
+        callid=callid,
     )
 
 
@@ -142,6 +146,22 @@ class DriverConformance:
         stored = driver.get(_insert(driver, msg))
         assert stored is not None
         _same_message(stored, msg)
+
+    def test_kamailio_extra_headers_and_call_id_round_trip(self, driver: Driver) -> None:
+        extra = "P-Asserted-Identity: <sip:bob@example.com>\r\nX-Tag: ä;b=1\r\n"
+        msg = make_message("kx", extra_hdrs=extra, callid="c-1@host.example.com")
+        mid = _insert(driver, msg)
+        plain = _insert(driver, make_message("kx"))
+        stored = driver.get(mid)
+        assert stored is not None
+        _same_message(stored, msg)
+        none = driver.get(plain)
+        assert none is not None and (none.extra_hdrs, none.callid) == ("", "")
+        (claimed, other) = driver.claim("kx", "example.com", NOW, NOW + 30, _token(), 0)
+        assert (claimed.extra_hdrs, claimed.callid) == (extra, "c-1@host.example.com")
+        assert (other.extra_hdrs, other.callid) == ("", "")
+        (listed, _) = driver.list("kx", "example.com", NOW, 10)
+        assert listed.extra_hdrs == extra
 
     def test_create_schema_is_idempotent(self, driver: Driver) -> None:
         mid = _insert(driver, make_message())
