@@ -175,6 +175,9 @@ class KamailioMsilo:
         return bool(pv.get("$si") == pv.get("$Ri") and pv.get("$sp") == pv.get("$Rp"))
 
     def _store(self, owner: str | None, notify: bool) -> StoreResult | None:
+        flag = self.settings.skip_notification_flag
+        if notify and flag >= 0 and _true(self.ksr.isflagset(flag)):
+            notify = False  # msilo's skip_notification_flag, set on the request by the script
         try:
             result = self.silo.store(self.request(), owner, notify=notify)
         except MsiloError as exc:
@@ -216,6 +219,7 @@ class KamailioMsilo:
         pv.sets("$uac_req(ouri)", msg.next_hop or "")
         pv.sets("$uac_req(hdrs)", headers)
         pv.sets("$uac_req(body)", msg.body.decode("utf-8", "replace"))
+        pv.sets("$uac_req(callid)", msg.call_id or "")  # empty: tm makes a new one
         if msg.mid is not None:
             pv.sets("$uac_req(evparam)", f"{msg.mid}:{msg.lease_token or ''}")
             pv.seti("$uac_req(evroute)", 1)

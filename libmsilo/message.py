@@ -603,6 +603,9 @@ class OutgoingMessage:
     content_type: str | None
     next_hop: str | None = None
     lease_token: str | None = None
+    #: The Call-ID to send with (Kamailio ``use_mode`` 1 keeps the stored MESSAGE's); hosts that
+    #: can choose the Call-ID use it when set.
+    call_id: str | None = None
     from_name: str | None = None  # display name of the From header, if the setting has one
 
     @property

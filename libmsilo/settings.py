@@ -74,6 +74,8 @@ _COLUMNS = (
     "sc_exp_time",
     "sc_inc_time",
     "sc_snd_time",
+    "sc_stored_hdrs",
+    "sc_callid",
 )
 _C_INT = re.compile(r"[+-]?[0-9]+")
 _AVP_SPEC = re.compile(r"\$avp\(([A-Za-z0-9_.:-]+)\)|([A-Za-z_][A-Za-z0-9_.:-]*)")
@@ -119,6 +121,13 @@ class MsiloSettings(BaseSettings):
     add_date: bool = True
     max_messages: int = 0
     add_contact: bool = True
+    # Kamailio's own parameters.
+    extra_hdrs: str | None = None
+    extra_hdrs_avp: str | None = None
+    sc_stored_hdrs: str = "extra_hdrs"
+    sc_callid: str = "callid"
+    use_mode: int = Field(0, ge=0)
+    skip_notification_flag: int = Field(-1, ge=-1, le=31)
 
     timezone: str | None = None
     profile: Profile = Profile.LIBMSILO
@@ -198,7 +207,7 @@ class MsiloSettings(BaseSettings):
             return str(uri)  # the next hop is a URI; a name-addr's <> and name are dropped
         return value.strip()
 
-    @field_validator("snd_time_avp")
+    @field_validator("snd_time_avp", "extra_hdrs_avp")
     @classmethod
     def _avp_spec(cls, value: str | None) -> str | None:
         if value is None:
@@ -295,6 +304,9 @@ class MsiloSettings(BaseSettings):
             max_attempts=self.max_attempts,
             max_body_size=self.max_body_size,
             snd_time_avp=self.snd_time_avp,
+            kamailio_columns=self.profile is Profile.KAMAILIO,
+            extra_hdrs_avp=self.extra_hdrs_avp,
+            keep_call_id=bool(self.use_mode & 1),
             use_contact=self.use_contact,
             add_date=self.add_date,
             add_contact=self.add_contact,
@@ -327,6 +339,8 @@ class MsiloSettings(BaseSettings):
             exp_time=self.sc_exp_time,
             inc_time=self.sc_inc_time,
             snd_time=self.sc_snd_time,
+            extra_hdrs=self.sc_stored_hdrs,
+            callid=self.sc_callid,
         )
 
     # ---- server configs ----------------------------------------------------------------------

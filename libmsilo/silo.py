@@ -26,9 +26,11 @@ from .core import (
     build_notice,
     build_row,
     choose_owner,
+    dump_extra_headers,
     dump_message,
     dump_owner,
     dump_target,
+    header_pairs,
     plan_dump,
     reminder_message,
     reminder_time,
@@ -256,13 +258,14 @@ class Silo:
         now = self._now()
         token = uuid.uuid4().hex
         lease_until = now + self.policy.lease_seconds
+        extra = tuple(header_pairs(dump_extra_headers(request, self.policy, now)))
         rows = self.driver.claim(username, domain, now, lease_until, token, max(0, max_messages))
         return self._outgoing(
             rows,
             MessageKind.DUMP,
             token,
             lease_until,
-            lambda row: dump_message(row, self.policy, target, token),
+            lambda row: dump_message(row, self.policy, target, token, extra),
         )
 
     def _outgoing(

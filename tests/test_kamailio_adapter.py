@@ -63,6 +63,7 @@ class FakeKSR:
         self.logged: list[str] = []
         self.status = 480
         self.uac_result = 1
+        self.flags: set[int] = set()
         ksr = self
 
         class SL:
@@ -91,6 +92,9 @@ class FakeKSR:
 
     def err(self, text: str) -> None:
         self.logged.append(text)
+
+    def isflagset(self, flag: int) -> bool:
+        return flag in self.flags
 
     info = err
 
@@ -130,6 +134,28 @@ def test_store_replies_202_and_sends_the_notice_without_a_reply_handler(
     assert notice["hdrs"] == "Content-Type: text/plain\r\n"
     assert notice["evroute"] == 0 and notice["evparam"] == ""
     assert msilo.silo.count("sip:bob@example.org") == 1
+
+
+def test_the_skip_notification_flag_suppresses_the_notice(tmp_path: Path, ksr: FakeKSR) -> None:
+    adapter = KamailioMsilo(_settings(tmp_path, skip_notification_flag=5), ksr=ksr)
+    ksr.pv.values["$mb"] = MESSAGE
+    ksr.flags.add(5)
+    assert adapter.store() == 1
+    assert ksr.sent == [] and ksr.replies == [("sl", 202, "Accepted")]
+    ksr.flags.clear()
+    assert adapter.store() == 1
+    assert len(ksr.sent) == 1
+    adapter.close()
+
+
+def test_a_kept_call_id_goes_back_on_the_dumped_message(tmp_path: Path, ksr: FakeKSR) -> None:
+    adapter = KamailioMsilo(_settings(tmp_path, use_mode=1), ksr=ksr)
+    ksr.pv.values["$mb"] = MESSAGE
+    adapter.store(notify=False)
+    ksr.pv.values["$mb"] = REGISTER
+    assert adapter.dump() == 1
+    assert ksr.sent[0]["callid"] == "c1"
+    adapter.close()
 
 
 def test_a_bad_request_is_not_stored_and_not_answered(msilo: KamailioMsilo, ksr: FakeKSR) -> None:

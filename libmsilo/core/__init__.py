@@ -19,6 +19,7 @@ from .delivery import (
     settle,
 )
 from .dump import DumpPlan, dump_message, dump_target, is_text_plain, plan_dump, reminder_message
+from .extra import dump_extra_headers, header_pairs, kamailio_ctype
 from .limits import sendable
 from .notice import build_notice, notice_target
 from .owner import choose_owner, dump_owner, split_owner_uri
@@ -43,10 +44,13 @@ __all__ = [
     "build_row",
     "choose_owner",
     "classify_reply",
+    "dump_extra_headers",
     "dump_message",
     "dump_owner",
     "dump_target",
+    "header_pairs",
     "is_text_plain",
+    "kamailio_ctype",
     "notice_target",
     "plan_dump",
     "reminder_message",

@@ -13,6 +13,7 @@ from ..records import StoredMessage
 from ..timefmt import ctime24, rfc1123
 from ..uri import NameAddr, parse_uri
 from .contacts import indirect_reason, sip_contacts
+from .extra import header_pairs
 from .limits import CONTROL, MIME
 from .owner import parse_uri_argument, setting_address
 from .policy import Policy
@@ -140,14 +141,24 @@ def _type_and_contact(msg: StoredMessage, contact: str, policy: Policy) -> list[
 
 
 def dump_message(
-    msg: StoredMessage, policy: Policy, target: str | None, token: str | None
+    msg: StoredMessage,
+    policy: Policy,
+    target: str | None,
+    token: str | None,
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> OutgoingMessage:
     """The MESSAGE that delivers one stored row [BEHAVIOUR.md §3.5]; ``InvalidRequest`` if it
-    cannot be built."""
+    cannot be built.
+
+    ``extra`` is the rendered ``extra_hdrs`` setting; the row's own extra header lines follow it
+    and its kept Call-ID becomes the MESSAGE's."""
     src = _stored_value(msg.src_addr, "src_addr", msg.mid)
     dst = _stored_value(msg.dst_addr, "dst_addr", msg.mid)
     headers = [("Date", rfc1123(msg.inc_time))] if msg.inc_time > 0 else []
     headers += _type_and_contact(msg, src, policy)
+    headers += extra
+    if msg.extra_hdrs:
+        headers += header_pairs(msg.extra_hdrs)
     return OutgoingMessage(
         kind=MessageKind.DUMP,
         mid=msg.mid,
@@ -159,6 +170,7 @@ def dump_message(
         content_type=msg.ctype or None,
         next_hop=policy.outbound_proxy,
         lease_token=token,
+        call_id=msg.callid or None,
     )
 
 

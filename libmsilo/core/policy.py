@@ -20,7 +20,9 @@ __all__ = ["TEMPLATE_NAMES", "TRANSACTION_TIMEOUT", "Policy"]
 TRANSACTION_TIMEOUT = 32
 
 #: The settings that are templates, rendered per request.
-TEMPLATE_NAMES = ("from_address", "contact_hdr", "offline_message", "content_type_hdr")
+TEMPLATE_NAMES = (
+    "from_address", "contact_hdr", "offline_message", "content_type_hdr", "extra_hdrs",
+)  # fmt: skip
 
 
 def _no_templates() -> Mapping[str, Template]:
@@ -48,6 +50,9 @@ class Policy:
     add_contact: bool = True
     notify_loop_guard: bool = True
     dump_to_contact: bool = True  # deliver dumps to the REGISTER contact (libmsilo profile)
+    kamailio_columns: bool = False  # keep extra header lines, store the bare Content-Type
+    extra_hdrs_avp: str | None = None  # AVP whose string replaces the kept header lines
+    keep_call_id: bool = False  # use_mode bit 1: keep the Call-ID, reuse it when dumping
 
     def template(self, name: str) -> Template | None:
         """The compiled template of a :data:`TEMPLATE_NAMES` setting (None when unset)."""

@@ -10,6 +10,7 @@ from ..errors import InvalidRequest, InvalidSendTime
 from ..message import OutgoingMessage, SipRequest
 from ..records import MAX_INT64, NewMessage, check_ints
 from ..timefmt import send_time_to_epoch
+from .extra import kamailio_ctype, stored_call_id, stored_extra_headers
 from .limits import DEFAULT_CTYPE, MAX_ADDR, MAX_CTYPE, checked
 from .policy import Policy
 
@@ -113,7 +114,10 @@ def build_row(
         )
     src = checked(str(request.from_addr.uri), "From URI", MAX_ADDR)
     dst = checked(str(request.to_addr.uri), "To URI", MAX_ADDR)
-    ctype = checked(request.content_type or DEFAULT_CTYPE, "Content-Type", MAX_CTYPE)
+    ctype = request.content_type or DEFAULT_CTYPE
+    if policy.kamailio_columns:
+        ctype = kamailio_ctype(ctype)
+    ctype = checked(ctype, "Content-Type", MAX_CTYPE)
     lifetime = policy.expire_time if lifetime is None else lifetime
     expires = request.expires
     if expires is not None and expires > 0:
@@ -138,4 +142,6 @@ def build_row(
         inc_time=now,
         exp_time=start + lifetime,
         snd_time=snd_time,
+        extra_hdrs=stored_extra_headers(request, policy),
+        callid=stored_call_id(request, policy),
     )
