@@ -221,11 +221,12 @@ class MsiloSettings(BaseSettings):
     def _compile(self) -> MsiloSettings:
         if self.offline_message is not None and self.content_type_hdr is None:
             raise ValueError("offline_message needs content_type_hdr (the notice's Content-Type)")
+        dialect = "kamailio" if self.profile is Profile.KAMAILIO else "opensips"
         for name in TEMPLATE_NAMES:
             source = getattr(self, name)
             if source is not None:
                 try:
-                    self._templates[name] = compile_template(source)
+                    self._templates[name] = compile_template(source, dialect)
                 except SettingsError as exc:
                     raise ValueError(f"{name}: {exc}") from exc
         from_t = self._templates.get("from_address")

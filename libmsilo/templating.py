@@ -31,7 +31,7 @@ from libmsilo.message import SipRequest
 from libmsilo.timefmt import ctime24
 from libmsilo.uri import URI, parse_name_addr, parse_uri
 
-__all__ = ["NULL", "PLAIN_VARIABLES", "Template", "TemplateError", "compile_template"]
+__all__ = ["DIALECTS", "NULL", "PLAIN_VARIABLES", "Template", "TemplateError", "compile_template"]
 
 log = logging.getLogger("libmsilo")
 
@@ -72,6 +72,40 @@ def _ouri(req: SipRequest) -> URI:
     return parse_uri(req.original_ruri)
 
 
+def _port(uri: URI) -> int:
+    """The URI's port, else the default one: 5061 for sips, 5060 for everything else."""
+    if uri.port is not None:
+        return uri.port
+    return 5061 if uri.scheme.lower() == "sips" else 5060
+
+
+def _written(value: str) -> tuple[str | None, str]:
+    """(display name as written, quotes kept, or None; URI as written) of a From or To value
+    that parses (the caller parsed it first)."""
+    text = value.strip(" \t")
+    pos = 0
+    if text.startswith('"'):  # skip the quoted display name: it may hold "<"
+        pos = 1
+        while pos < len(text) and text[pos] != '"':
+            pos += 2 if text[pos] == "\\" else 1
+        pos += 1
+    less = text.find("<", pos)
+    if less < 0:  # addr-spec: the URI ends where the header parameters start
+        return None, text.split(";", 1)[0].rstrip(" \t")
+    more = text.find(">", less)
+    return text[:less].strip(" \t") or None, text[less + 1 : more].strip(" \t")
+
+
+def _from_written(req: SipRequest) -> tuple[str | None, str]:
+    req.from_addr  # noqa: B018 - it must parse, or the variable has no value
+    return _written(req.header("From") or "")
+
+
+def _to_written(req: SipRequest) -> tuple[str | None, str]:
+    req.to_addr  # noqa: B018 - it must parse, or the variable has no value
+    return _written(req.header("To") or "")
+
+
 def _cseq(req: SipRequest, now: float, tz: tzinfo) -> Value:
     value = req.header("CSeq")
     if value is None:
@@ -92,6 +126,11 @@ def _contact(req: SipRequest, now: float, tz: tzinfo) -> Value:
         if element not in skip:
             return element.strip()
     return str(contacts[0])
+
+
+def _contact_header(req: SipRequest, now: float, tz: tzinfo) -> Value:
+    # Kamailio's $ct: the whole value of the first Contact header, as written.
+    return _nonempty((req.header("Contact") or "").strip(" \t"))
 
 
 def _asserted_identity(req: SipRequest, now: float, tz: tzinfo) -> Value:
@@ -117,19 +156,20 @@ PLAIN_VARIABLES: Mapping[str, Getter] = MappingProxyType(
         "ru": lambda r, n, z: _nonempty(r.ruri),
         "rU": lambda r, n, z: _nonempty(r.ruri_uri.user),
         "rd": lambda r, n, z: _nonempty(r.ruri_uri.host),
-        "rp": lambda r, n, z: r.ruri_uri.port,
+        "rp": lambda r, n, z: _port(r.ruri_uri),
         "ou": lambda r, n, z: _nonempty(r.original_ruri),
         "oU": lambda r, n, z: _nonempty(_ouri(r).user),
         "od": lambda r, n, z: _nonempty(_ouri(r).host),
+        "op": lambda r, n, z: _port(_ouri(r)),
         "du": lambda r, n, z: _nonempty(r.dst_uri),
-        "fu": lambda r, n, z: str(r.from_addr.uri),
+        "fu": lambda r, n, z: _from_written(r)[1],
         "fU": lambda r, n, z: _nonempty(r.from_addr.uri.user),
         "fd": lambda r, n, z: _nonempty(r.from_addr.uri.host),
-        "fn": lambda r, n, z: _nonempty(r.from_addr.display_name),
-        "tu": lambda r, n, z: str(r.to_addr.uri),
+        "fn": lambda r, n, z: _from_written(r)[0],
+        "tu": lambda r, n, z: _to_written(r)[1],
         "tU": lambda r, n, z: _nonempty(r.to_addr.uri.user),
         "td": lambda r, n, z: _nonempty(r.to_addr.uri.host),
-        "tn": lambda r, n, z: _nonempty(r.to_addr.display_name),
+        "tn": lambda r, n, z: _to_written(r)[0],
         "ci": lambda r, n, z: _nonempty(r.call_id),
         "rm": lambda r, n, z: _nonempty(r.method),
         "cs": _cseq,
@@ -144,6 +184,12 @@ PLAIN_VARIABLES: Mapping[str, Getter] = MappingProxyType(
     }
 )
 """The plain variables by name, each a getter ``(request, now, tz) -> value``."""
+
+#: Where a server renders a variable its own way: Kamailio's ``$ct`` is the whole first Contact
+#: header (OpenSIPS': its first contact).
+DIALECTS: Mapping[str, Mapping[str, Getter]] = MappingProxyType(
+    {"opensips": MappingProxyType({}), "kamailio": MappingProxyType({"ct": _contact_header})}
+)
 
 
 def _avp_stack(req: SipRequest, name: str) -> list[str | int]:
@@ -238,8 +284,9 @@ class Template:
 class _Parser:
     """Reads one template left to right; every error names the offending position."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, dialect: str = "opensips") -> None:
         self.source = source
+        self.overrides = DIALECTS[dialect]
         self.pos = 0
         self.parts: list[str | Getter] = []
         self.names: dict[str, None] = {}  # ordered set of the variables used
@@ -336,7 +383,7 @@ class _Parser:
                 written, getter = "", _var_getter(key)
             label = f"{name}({key}){written}"
         elif name in PLAIN_VARIABLES:
-            getter, label = PLAIN_VARIABLES[name], name
+            getter, label = self.overrides.get(name) or PLAIN_VARIABLES[name], name
             # Unbraced, a '[' is literal text (indexes exist only inside "$(...)").
             if self.source[self.pos : self.pos + 1] in (("(", "[") if braced else ("(",)):
                 raise self.fail(f"${name} takes no argument or index", self.pos)
@@ -346,8 +393,13 @@ class _Parser:
         self.names[label] = None
 
 
-def compile_template(source: str) -> Template:
-    """Compile a template once; ``SettingsError`` (a :class:`TemplateError`) when it is invalid."""
+def compile_template(source: str, dialect: str = "opensips") -> Template:
+    """Compile a template once; ``SettingsError`` (a :class:`TemplateError`) when it is invalid.
+
+    ``dialect`` (``opensips`` or ``kamailio``) picks the server whose rendering differs
+    (:data:`DIALECTS`)."""
     if not isinstance(source, str):
         raise SettingsError(f"a template must be a string, got {type(source).__name__}")
-    return _Parser(source).run()
+    if dialect not in DIALECTS:
+        raise SettingsError(f"unknown template dialect {dialect!r}")
+    return _Parser(source, dialect).run()

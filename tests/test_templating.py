@@ -62,11 +62,12 @@ FULL_VALUES = {
     "ou": "sip:robert@old.example.com",
     "oU": "robert",
     "od": "old.example.com",
+    "op": "5060",  # none written: the default port
     "du": "sip:proxy.example.net;lr",
     "fu": "sip:alice@example.org",
     "fU": "alice",
     "fd": "example.org",
-    "fn": "Alice Smith",
+    "fn": '"Alice Smith"',  # as written, quotes kept
     "tu": "sip:bob@example.com",
     "tU": "bob",
     "td": "example.com",
@@ -193,10 +194,11 @@ BARE_VALUES = {
     "ru": "sip:example.com",
     "rU": NULL,  # empty user
     "rd": "example.com",
-    "rp": NULL,
+    "rp": "5060",  # none written: the default port
     "ou": "sip:example.com",  # not rewritten: the original is the current one
     "oU": NULL,
     "od": "example.com",
+    "op": "5060",
     "du": NULL,
     "fu": "sip:example.org",
     "fU": NULL,
@@ -248,6 +250,29 @@ def test_unparsable_headers_render_null() -> None:
 def test_missing_from_and_to_render_null() -> None:
     req = SipRequest("MESSAGE", "sip:bob@example.com", headers=[])
     assert render("$fu $tu $fn $tn $ct", req=req) == " ".join([NULL] * 5)
+
+
+def test_uris_and_names_render_as_written() -> None:
+    req = SipRequest(
+        "MESSAGE",
+        "SIPS:Bob@Example.com;transport=tls",
+        headers=[
+            ("From", '"A \\"q\\" <x>" <SIP:Alice@Example.org;transport=udp>;tag=1'),
+            ("To", "sip:carol@example.net;tag=2"),
+            ("Contact", "<sip:a@192.0.2.1>;q=0.5, <sip:b@192.0.2.2>"),
+        ],
+    )
+    assert render("$ru|$rp", req=req) == "SIPS:Bob@Example.com;transport=tls|5061"
+    assert render("$fu|$fn", req=req) == 'SIP:Alice@Example.org;transport=udp|"A \\"q\\" <x>"'
+    assert render("$tu|$tn", req=req) == f"sip:carol@example.net|{NULL}"
+    assert render("$ct", req=req) == "<sip:a@192.0.2.1>;q=0.5"  # OpenSIPS: the first contact
+    kamailio = compile_template("$ct", "kamailio").render(req, now=NOW, tz=UTC)
+    assert kamailio == "<sip:a@192.0.2.1>;q=0.5, <sip:b@192.0.2.2>"  # the whole header
+
+
+def test_unknown_dialect_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="dialect"):
+        compile_template("$ct", "asterisk")
 
 
 def test_contact_star_renders_raw_value() -> None:
