@@ -1,4 +1,4 @@
-"""Kamailio's extra columns [§2.5, §2.8, §3.6]: the header lines a stored MESSAGE keeps
+"""Kamailio's extra columns [BEHAVIOUR.md §2.2, §3.5]: the header lines a stored MESSAGE keeps
 (``extra_hdrs``), its Call-ID (``use_mode`` 1), the bare Content-Type, and the ``extra_hdrs``
 setting added to dumps."""
 
