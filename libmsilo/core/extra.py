@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ..errors import InvalidRequest
 from ..message import SipRequest
-from .limits import CONTROL, HEADER_NAME, encodable
+from ..records import check_text
+from .limits import CONTROL, HEADER_NAME
 from .policy import Policy
 
 __all__ = [
@@ -68,7 +69,7 @@ def stored_extra_headers(request: SipRequest, policy: Policy) -> str:
     if len(text.encode("utf-8", "surrogatepass")) >= MAX_EXTRA_HDRS:
         raise InvalidRequest(f"extra header lines reach {MAX_EXTRA_HDRS} bytes (Kamailio's limit)")
     header_pairs(text)  # refuse now what could not be sent later
-    return encodable(text, "extra header lines")
+    return check_text("extra header lines", text)
 
 
 def stored_call_id(request: SipRequest, policy: Policy) -> str:
@@ -77,7 +78,7 @@ def stored_call_id(request: SipRequest, policy: Policy) -> str:
         return ""
     if len(request.call_id) > 128 or CONTROL.search(request.call_id):
         raise InvalidRequest("Call-ID is longer than 128 characters or holds control characters")
-    return encodable(request.call_id, "Call-ID")
+    return check_text("Call-ID", request.call_id)
 
 
 def kamailio_ctype(value: str) -> str:
