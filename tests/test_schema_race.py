@@ -5,11 +5,13 @@ is a real race, several rounds each: starting ``Silo.from_settings`` on a fresh 
 a table of an older schema (a C module's table, or libmsilo's schema version 1), which every
 worker must refuse with ``SchemaOutdated``; migrating it from every worker at once (through the
 ``msilo migrate`` command in some rounds, ``libmsilo.migrate`` in the others); starting again.
-MongoDB runs on in-process mongomock, so its workers are threads sharing one database.
+MongoDB runs on in-process mongomock (or a server named by ``MSILO_TEST_MONGO_URL``); its workers
+are threads, each with a driver of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import typer.main
+from pymongo import MongoClient
 
 import libmsilo
 from libmsilo import MsiloSettings, SchemaOutdated, Silo
@@ -230,15 +233,40 @@ def _threads(drivers: list[MongoDriver], step: Callable[[MongoDriver], None]) ->
     return outcomes
 
 
-def test_mongo_workers_racing_at_start_up() -> None:
-    first = open_mongomock(unique_table("db"))
+@contextlib.contextmanager
+def _mongo_databases(kind: str) -> Iterator[Callable[[], Any]]:
+    """Openers of one database for each worker: a shared in-process mongomock one, or, with
+    ``MSILO_TEST_MONGO_URL``, a client of its own per worker on that server."""
+    if kind == "mongomock":
+        first = open_mongomock(unique_table("db"))
+        try:
+            yield lambda: first.database
+        finally:
+            first.close()
+        return
+    url = backend_url("mongo")  # skips unless MSILO_TEST_MONGO_URL names a server
+    clients: list[MongoClient[dict[str, Any]]] = []
+
+    def database() -> Any:
+        clients.append(MongoClient(url, serverSelectionTimeoutMS=5000))
+        return clients[-1].get_default_database("msilo_test")
+
     try:
+        yield database
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.parametrize("kind", ["mongomock", "server"])
+def test_mongo_workers_racing_at_start_up(kind: str) -> None:
+    with _mongo_databases(kind) as database:
         for _ in range(ROUNDS):
             layout = StoreLayout(table=unique_table("race"))
-            drivers = [MongoDriver(first.database, layout) for _ in range(WORKERS)]
+            drivers = [MongoDriver(database(), layout) for _ in range(WORKERS)]
             assert _threads(drivers, MongoDriver.create_schema) == ["ok"] * WORKERS
             assert drivers[0].schema_version() == SCHEMA_VERSION
-            first.database[f"{layout.table}_counters"].update_one(
+            drivers[0].database[f"{layout.table}_counters"].update_one(
                 {"_id": "schema"}, {"$set": {"version": 1}}
             )
             assert _threads(drivers, MongoDriver.create_schema) == ["outdated"] * WORKERS
@@ -246,5 +274,3 @@ def test_mongo_workers_racing_at_start_up() -> None:
             assert _threads(drivers, MongoDriver.create_schema) == ["ok"] * WORKERS
             assert drivers[0].schema_version() == SCHEMA_VERSION
             drivers[0].drop_schema()
-    finally:
-        first.close()
