@@ -13,10 +13,11 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from libmsilo import MsiloSettings
 from libmsilo.drivers import DriverOptions, StoreLayout, open_driver
 from libmsilo.drivers.mongo import open_mongo
 from libmsilo.drivers.sql_pool import ConnectionStack
-from libmsilo.errors import StorageUnavailable
+from libmsilo.errors import SettingsError, StorageUnavailable
 from libmsilo.testing import make_message, unique_table
 from tests.backends import backend_url
 
@@ -155,3 +156,11 @@ def test_mongo_client_gets_the_pool_size() -> None:
         assert client.options.pool_options.wait_queue_timeout == 2
     finally:
         driver.close()
+
+
+def test_settings_carry_the_pool_size_and_refuse_bad_bounds() -> None:
+    assert MsiloSettings().driver_options().pool_size == 10
+    assert MsiloSettings(db_pool_size=3).driver_options().pool_size == 3
+    for bad in ({"db_pool_size": 0}, {"group_commit_size": 0}, {"group_commit_wait": -1}):
+        with pytest.raises(SettingsError):
+            MsiloSettings(**bad)
