@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from types import TracebackType
 
-from .core import Policy, StoreResult
+from .core import Action, Op, Policy, StoreResult
 from .drivers.base import Driver
 from .errors import MsiloError
+from .group_commit import AsyncGroupCommit
 from .message import OutgoingMessage, SipRequest
-from .records import StoredMessage
+from .records import ReleaseResult, StoredMessage
 from .settings import MsiloSettings
-from .silo import Clock, ReplyOutcome, Silo, Stats
+from .silo import Clock, ReplyOutcome, Silo, Stats, flushers_for
 
 __all__ = ["AsyncSilo", "AsyncTimerTask"]
 
@@ -55,6 +56,13 @@ class AsyncSilo:
 
     def __init__(self, silo: Silo) -> None:
         self.silo = silo
+        # Group commit among this loop's tasks: each batch is one worker-thread call.
+        settings = silo.settings
+        self._group = settings.group_commit
+        size, flushers = settings.group_commit_size, flushers_for(settings)
+        self._inserts = AsyncGroupCommit(silo._flush_inserts, max_batch=size, flushers=flushers)
+        self._deletes = AsyncGroupCommit(silo._flush_deletes, max_batch=size, flushers=flushers)
+        self._releases = AsyncGroupCommit(silo._flush_releases, max_batch=size, flushers=flushers)
 
     @classmethod
     async def from_settings(
@@ -100,16 +108,22 @@ class AsyncSilo:
         expire_time: int | None = None,
         max_messages: int | None = None,
     ) -> StoreResult:
-        """:meth:`Silo.store`."""
-        return await asyncio.to_thread(
-            self.silo.store,
-            request,
-            owner,
-            notify=notify,
-            send_at=send_at,
-            expire_time=expire_time,
-            max_messages=max_messages,
-        )
+        """:meth:`Silo.store`; with group commit, concurrent tasks' rows share one batch."""
+        if not self._group:
+            return await asyncio.to_thread(
+                self.silo.store,
+                request,
+                owner,
+                notify=notify,
+                send_at=send_at,
+                expire_time=expire_time,
+                max_messages=max_messages,
+            )
+        silo = self.silo
+        now = silo._now()
+        row, quota = silo._row(request, owner, now, send_at, expire_time, max_messages)
+        mid = await self._inserts.submit((row, quota))
+        return silo._stored(request, row, mid, now, notify)
 
     async def dump(
         self,
@@ -128,7 +142,9 @@ class AsyncSilo:
         self, mid: int, status_code: int, *, token: str | None = None
     ) -> ReplyOutcome:
         """:meth:`Silo.on_reply`."""
-        return await asyncio.to_thread(self.silo.on_reply, mid, status_code, token=token)
+        if not self._group:
+            return await asyncio.to_thread(self.silo.on_reply, mid, status_code, token=token)
+        return await self._carry_out(self.silo._deliveries.reply(mid, status_code, token))
 
     async def store_many(
         self,
@@ -155,7 +171,20 @@ class AsyncSilo:
 
     async def send_failed(self, msg: OutgoingMessage) -> ReplyOutcome:
         """:meth:`Silo.send_failed`."""
-        return await asyncio.to_thread(self.silo.send_failed, msg)
+        if not self._group:
+            return await asyncio.to_thread(self.silo.send_failed, msg)
+        return await self._carry_out(self.silo._deliveries.send_failed(msg.mid, msg.lease_token))
+
+    async def _carry_out(self, action: Action) -> ReplyOutcome:
+        """:meth:`Silo._carry_out` with the delete / release joining this loop's batches."""
+        if action.op is Op.LOOKUP:
+            action = await asyncio.to_thread(self.silo._resolve, action)
+        result: bool | ReleaseResult | None = None
+        if action.op is Op.DELETE:
+            result = await self._deletes.submit(action)
+        elif action.op is Op.RELEASE:
+            result = await self._releases.submit(action)
+        return self.silo._settle(action, result)
 
     async def tick(self, now: float | None = None) -> list[OutgoingMessage]:
         """:meth:`Silo.tick`."""

@@ -13,13 +13,14 @@ item of that batch gets that exception.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["AsyncGroupCommit", "GroupCommit"]
 
 I = TypeVar("I")  # noqa: E741 - the item type
 R = TypeVar("R")
@@ -119,3 +120,62 @@ class GroupCommit(Generic[I, R]):
         if isinstance(result, BaseException):
             raise result
         return result  # type: ignore[return-value]
+
+
+class AsyncGroupCommit(Generic[I, R]):
+    """The same for asyncio tasks of one event loop: :meth:`submit` awaits its item's result;
+    each batch is flushed in a worker thread (``asyncio.to_thread``), so many tasks' steps need
+    one thread per flush instead of one each. Not thread-safe: use it from its loop only."""
+
+    def __init__(
+        self,
+        flush: Callable[[Sequence[I]], Sequence[R | BaseException]],
+        *,
+        max_batch: int = 64,
+        flushers: int = 1,
+    ) -> None:
+        if max_batch < 1 or flushers < 1:
+            raise ValueError("max_batch and flushers must be >= 1")
+        self._flush = flush
+        self._max_batch = max_batch
+        self._flushers = flushers
+        self._queue: deque[tuple[I, asyncio.Future[R]]] = deque()
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.items = 0
+
+    async def submit(self, item: I) -> R:
+        """Queue ``item`` and await its result (or its error, raised)."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._running < self._flushers:
+            self._running += 1
+            task = asyncio.create_task(self._drain())
+            self._tasks.add(task)  # keep a reference until it ends
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                count = min(self._max_batch, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(count)]
+                results: Sequence[object]
+                try:
+                    results = await asyncio.to_thread(self._flush, [item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"flush returned {len(results)} results for {count}")
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                self.batches += 1
+                self.items += count
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)  # type: ignore[arg-type]
+        finally:
+            self._running -= 1

@@ -86,7 +86,7 @@ class Silo:
         # Group commit: concurrent stores, acks and releases share one batch per flush.
         self._group = self.settings.group_commit
         size, wait = self.settings.group_commit_size, self.settings.group_commit_wait
-        flushers = _flushers(self.settings)
+        flushers = flushers_for(self.settings)
         self._inserts = GroupCommit(
             self._flush_inserts, max_batch=size, max_wait=wait, flushers=flushers
         )
@@ -496,7 +496,7 @@ class Silo:
         return self.driver.delete_expired(int(self._clock() if now is None else now))
 
 
-def _flushers(settings: MsiloSettings) -> int:
+def flushers_for(settings: MsiloSettings) -> int:
     """Batches of one kind flushed at once: ``group_commit_flushers``, or by default one for
     SQLite (one writer at a time) and half the pool elsewhere (their round trips overlap)."""
     if settings.group_commit_flushers:

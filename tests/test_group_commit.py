@@ -14,7 +14,7 @@ import pytest
 
 from libmsilo import AsyncSilo, ReplyOutcome, StoreResult
 from libmsilo.errors import InvalidRequest, MsiloError, StorageUnavailable
-from libmsilo.group_commit import GroupCommit
+from libmsilo.group_commit import AsyncGroupCommit, GroupCommit
 from tests.helpers import Clock, make_silo, message
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -266,5 +266,49 @@ def test_async_batch_apis_and_concurrent_tasks() -> None:
         outcomes = await silo.on_replies([(m.mid, 200, m.lease_token) for m in msgs])
         assert outcomes == [ReplyOutcome.DELIVERED] * 10
         assert await silo.count("sip:alice@example.com") == 0
+
+    asyncio.run(main())
+
+
+def test_asyncio_tasks_share_batches_with_their_own_results() -> None:
+    silo = AsyncSilo(make_silo(max_messages=30))
+
+    async def main() -> None:
+        bad = message(to=f"sip:{'x' * 300}@example.com")
+        requests = [bad if n % 10 == 3 else message(body=b"%d" % n) for n in range(60)]
+        got = await asyncio.gather(*(silo.store(r) for r in requests), return_exceptions=True)
+        refused = [g for g in got if isinstance(g, BaseException)]
+        assert len(refused) == 6 and all(isinstance(g, InvalidRequest) for g in refused)
+        stored = [g for g in got if isinstance(g, StoreResult) and g.stored]
+        assert len(stored) == 30 and len({g.mid for g in stored}) == 30
+        assert silo._inserts.batches < silo._inserts.items == 54  # tasks shared batches
+        msgs = await silo.dump(owner="sip:alice@example.com")
+        half = len(msgs) // 2
+        acks = [silo.on_reply(m.mid, 200, token=m.lease_token) for m in msgs[:half]]
+        acks += [silo.on_reply(m.mid, 200, token=m.lease_token) for m in msgs[:half]]
+        fails = [silo.send_failed(m) for m in msgs[half:]]
+        outcomes = Counter(await asyncio.gather(*acks, *fails))
+        assert outcomes == {
+            ReplyOutcome.DELIVERED: 15,
+            ReplyOutcome.IGNORED: 15,
+            ReplyOutcome.RETRY: 15,
+        }
+        assert await silo.count("sip:alice@example.com") == 15
+
+    asyncio.run(main())
+
+
+def test_async_group_commit_fails_a_batch_whose_flush_raises() -> None:
+    def flush(items: Sequence[int]) -> list[int]:
+        if 13 in items:
+            raise StorageUnavailable("down")
+        return [i * 2 for i in items]
+
+    async def main() -> None:
+        group: AsyncGroupCommit[int, int] = AsyncGroupCommit(flush)
+        assert await group.submit(4) == 8
+        with pytest.raises(StorageUnavailable):
+            await group.submit(13)
+        assert await asyncio.gather(*(group.submit(i) for i in range(5))) == [0, 2, 4, 6, 8]
 
     asyncio.run(main())
