@@ -89,6 +89,11 @@ class AsyncSilo:
         return self.silo.stats
 
     @property
+    def leased(self) -> int:
+        """:attr:`Silo.leased` (no I/O)."""
+        return self.silo.leased
+
+    @property
     def driver(self) -> Driver:
         """The driver of the wrapped ``Silo``."""
         return self.silo.driver
@@ -120,9 +125,12 @@ class AsyncSilo:
                 max_messages=max_messages,
             )
         silo = self.silo
+        start = time.perf_counter()
         now = silo._now()
         row, quota = silo._row(request, owner, now, send_at, expire_time, max_messages)
         mid = await self._inserts.submit((row, quota))
+        if silo.metrics is not None:
+            silo.metrics.latency("store", time.perf_counter() - start)
         return silo._stored(request, row, mid, now, notify)
 
     async def dump(
@@ -144,7 +152,11 @@ class AsyncSilo:
         """:meth:`Silo.on_reply`."""
         if not self._group:
             return await asyncio.to_thread(self.silo.on_reply, mid, status_code, token=token)
-        return await self._carry_out(self.silo._deliveries.reply(mid, status_code, token))
+        start = time.perf_counter()
+        outcome = await self._carry_out(self.silo._deliveries.reply(mid, status_code, token))
+        if self.silo.metrics is not None:
+            self.silo.metrics.latency("ack", time.perf_counter() - start)
+        return outcome
 
     async def store_many(
         self,

@@ -45,6 +45,7 @@ from .drivers.batch import delete_many, insert_many, release_many
 from .errors import InvalidRequest, MsiloError
 from .group_commit import GroupCommit
 from .message import MessageKind, OutgoingMessage, SipRequest
+from .metrics import Metrics
 from .records import NewMessage, ReleaseResult, StoredMessage, check_mid
 from .settings import MsiloSettings
 
@@ -83,6 +84,8 @@ class Silo:
         self._counts = dict.fromkeys((f.name for f in fields(Stats)), 0)
         self._deliveries = DeliveryTracker(self.policy.lease_seconds)
         self._schedule = TimerSchedule()
+        #: Receives latencies and batch sizes (:mod:`libmsilo.metrics`); None measures nothing.
+        self.metrics: Metrics | None = None
         # Group commit: concurrent stores, acks and releases share one batch per flush.
         self._group = self.settings.group_commit
         size, wait = self.settings.group_commit_size, self.settings.group_commit_wait
@@ -161,9 +164,12 @@ class Silo:
         replace the settings for this call, e.g. per domain. Once the row is stored this
         returns: a notice that cannot be built is logged and named in ``notice_error``.
         """
+        start = time.perf_counter()
         now = self._now()
         row, quota = self._row(request, owner, now, send_at, expire_time, max_messages)
         mid = self._inserts.submit((row, quota)) if self._group else self.driver.insert(row, quota)
+        if self.metrics is not None:
+            self.metrics.latency("store", time.perf_counter() - start)
         return self._stored(request, row, mid, now, notify)
 
     def store_many(
@@ -249,6 +255,20 @@ class Silo:
         contact: str | None = None,
     ) -> list[OutgoingMessage]:
         """Lease the owner's stored messages and return the MESSAGEs that deliver them."""
+        start = time.perf_counter()
+        try:
+            return self._dump(request, owner, max_messages, contact)
+        finally:
+            if self.metrics is not None:
+                self.metrics.latency("dump", time.perf_counter() - start)
+
+    def _dump(
+        self,
+        request: SipRequest | None,
+        owner: str | None,
+        max_messages: int,
+        contact: str | None,
+    ) -> list[OutgoingMessage]:
         plan = plan_dump(request)
         if not plan.allowed:
             log.debug("no dump: %s", plan.reason)
@@ -301,7 +321,16 @@ class Silo:
         of the wrong type, or a code outside 100-699, raises ``InvalidRequest``; an unknown id
         is ``IGNORED``.
         """
-        return self._carry_out(self._deliveries.reply(mid, status_code, token))
+        start = time.perf_counter()
+        outcome = self._carry_out(self._deliveries.reply(mid, status_code, token))
+        if self.metrics is not None:
+            self.metrics.latency("ack", time.perf_counter() - start)
+        return outcome
+
+    @property
+    def leased(self) -> int:
+        """Deliveries this ``Silo`` sent that are not yet answered (nor forgotten)."""
+        return len(self._deliveries)
 
     def send_failed(self, msg: OutgoingMessage) -> ReplyOutcome:
         """Report that the host could not send ``msg``: a failed attempt, retried later."""
@@ -373,6 +402,7 @@ class Silo:
         self, items: Sequence[tuple[NewMessage, int]]
     ) -> list[int | BaseException | None]:
         """Insert ``items`` (row, quota): one driver batch per distinct quota."""
+        self._observe_batch("store", len(items))
         results: list[int | BaseException | None] = [None] * len(items)
         by_quota: dict[int, list[int]] = {}
         for i, (_, quota) in enumerate(items):
@@ -388,13 +418,19 @@ class Silo:
                 results[i] = mid
         return results
 
+    def _observe_batch(self, kind: str, size: int) -> None:
+        if self.metrics is not None and size:
+            self.metrics.batch(kind, size)
+
     def _flush_deletes(self, actions: Sequence[Action]) -> list[bool | BaseException]:
+        self._observe_batch("ack", len(actions))
         try:
             return list(delete_many(self.driver, [a.mid for a in actions]))
         except MsiloError as exc:
             return [exc] * len(actions)
 
     def _flush_releases(self, actions: Sequence[Action]) -> list[ReleaseResult | BaseException]:
+        self._observe_batch("release", len(actions))
         releases = [(a.mid, a.token, a.reminder) for a in actions]
         try:
             return list(release_many(self.driver, releases, self.policy.max_attempts))
