@@ -18,18 +18,11 @@ from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure
 
 from libmsilo.drivers import DriverOptions, StoreLayout, open_driver
 from libmsilo.drivers.mongo import DEFAULT_TTL_DELAY, MongoDriver, open_mongo, open_mongomock
-from libmsilo.drivers.schema_version import SCHEMA_VERSION
-from libmsilo.errors import (
-    InvalidRequest,
-    SchemaOutdated,
-    SchemaVersionError,
-    SettingsError,
-    StorageError,
-    StorageUnavailable,
-)
+from libmsilo.errors import InvalidRequest, SettingsError, StorageError, StorageUnavailable
 from libmsilo.testing import make_message, unique_table
 from tests.backends import backend_url
 from tests.helpers import Clock
+from tests.schema_versions import check_version_cycle
 
 NOW = 1_700_000_000
 Factory = Callable[..., MongoDriver]
@@ -156,25 +149,13 @@ def test_schema_versions_are_recorded_and_migrated(make: Factory) -> None:
     d = make()
     counters = d.database[f"{_table(d)}_counters"]
 
-    def set_version(version: int) -> None:
-        counters.update_one({"_id": "schema"}, {"$set": {"version": version}})
+    def record(version: int | None) -> None:
+        if version is None:
+            counters.delete_one({"_id": "schema"})
+        else:
+            counters.update_one({"_id": "schema"}, {"$set": {"version": version}})
 
-    assert d.schema_version() == SCHEMA_VERSION
-    set_version(1)
-    with pytest.raises(SchemaOutdated, match="msilo migrate"):
-        d.create_schema()
-    d.migrate()
-    d.migrate()  # idempotent
-    assert d.schema_version() == SCHEMA_VERSION
-    d.create_schema()
-    set_version(SCHEMA_VERSION + 1)
-    for step in (d.create_schema, d.migrate):
-        with pytest.raises(SchemaVersionError, match="upgrade libmsilo"):
-            step()
-    assert d.schema_version() == SCHEMA_VERSION + 1  # a newer store is never lowered
-    counters.delete_one({"_id": "schema"})  # a store from before versions were recorded
-    d.create_schema()
-    assert d.schema_version() == SCHEMA_VERSION
+    check_version_cycle(d, record)
 
 
 def test_ttl_backstop_removes_rows_long_expired_on_the_real_clock() -> None:
