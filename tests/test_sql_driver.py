@@ -15,6 +15,7 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
+import libmsilo
 from libmsilo.drivers import DriverOptions, NewMessage, ReleaseResult, StoreLayout, open_driver
 from libmsilo.drivers.schema_version import SCHEMA_VERSION, VERSIONS
 from libmsilo.drivers.sql import _TRIES, SqlDriver, _connect_args, open_sql, sql_url
@@ -527,6 +528,29 @@ def test_schema_versions_are_recorded_and_checked(backend: Backend, driver: SqlD
         assert fresh.schema_version() == SCHEMA_VERSION
     finally:
         fresh.close()
+
+
+def test_migrate_api_takes_a_url(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:  # libmsilo's first schema: leases, no Kamailio columns
+        conn.execute(
+            sa.text(
+                "CREATE TABLE silo (mid INTEGER PRIMARY KEY AUTOINCREMENT, src_addr VARCHAR(255)"
+                " NOT NULL DEFAULT '', dst_addr VARCHAR(255) NOT NULL DEFAULT '', username"
+                " VARCHAR(64) NOT NULL DEFAULT '', domain VARCHAR(64) NOT NULL DEFAULT '',"
+                " inc_time BIGINT NOT NULL DEFAULT 0, exp_time BIGINT NOT NULL DEFAULT 0,"
+                " snd_time BIGINT NOT NULL DEFAULT 0, ctype VARCHAR(255), body BLOB,"
+                " lease_token VARCHAR(64), lease_until BIGINT, attempts INTEGER NOT NULL"
+                " DEFAULT 0)"
+            )
+        )
+    engine.dispose()
+    assert libmsilo.migrate(url) == libmsilo.Migration(1, SCHEMA_VERSION)
+    again = libmsilo.migrate(url)
+    assert again == libmsilo.Migration(SCHEMA_VERSION, SCHEMA_VERSION) and not again.changed
+    with libmsilo.Silo.from_settings(libmsilo.MsiloSettings(db_url=url)) as silo:
+        assert silo.driver.insert(make_message()) is not None
 
 
 def test_every_schema_version_has_its_sql_step() -> None:
