@@ -9,16 +9,21 @@ batch is not full first waits that long for more items.
 The flush function gets the items and returns one result per item, in order: a value, or an
 exception that item alone raised (the caller gets it raised). Should the flush itself raise, every
 item of that batch gets that exception.
+
+After ``fork()`` the child starts with an empty, idle :class:`GroupCommit`: the threads whose
+items were queued or being flushed in the parent do not exist there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["AsyncGroupCommit", "GroupCommit"]
 
@@ -56,11 +61,15 @@ class GroupCommit(Generic[I, R]):
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._flushers = flushers
+        self._reset()
+        self.batches = 0  # flushes done (statistics)
+        self.items = 0  # items flushed
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Slot[I]] = deque()
         self._running = 0
-        self.batches = 0  # flushes done (statistics)
-        self.items = 0  # items flushed
 
     def submit(self, item: I) -> R:
         """Queue ``item``, wait for its batch to be flushed; its result (or raise its error)."""
@@ -120,6 +129,18 @@ class GroupCommit(Generic[I, R]):
         if isinstance(result, BaseException):
             raise result
         return result  # type: ignore[return-value]
+
+
+_LIVE: weakref.WeakSet[GroupCommit[Any, Any]] = weakref.WeakSet()
+
+
+def _forget_parent_threads() -> None:
+    for commit in list(_LIVE):
+        commit._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_threads)
 
 
 class AsyncGroupCommit(Generic[I, R]):

@@ -5,10 +5,12 @@ once. The Silo tests run on every backend (the ``backend`` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -312,3 +314,39 @@ def test_async_group_commit_fails_a_batch_whose_flush_raises() -> None:
         assert await asyncio.gather(*(group.submit(i) for i in range(5))) == [0, 2, 4, 6, 8]
 
     asyncio.run(main())
+
+
+def _submit_in_child(commit: GroupCommit[int, int], results: Any) -> None:
+    results.put(commit.submit(7))
+
+
+def test_a_child_forked_during_a_flush_flushes_its_own_items() -> None:
+    # A parent thread is inside a flush when another forks: the child has no such thread, so
+    # the flush it inherited as running must not make its own callers wait for ever.
+    entered, release = threading.Event(), threading.Event()
+
+    def flush(items: Sequence[int]) -> list[int]:
+        if items == [1]:
+            entered.set()
+            release.wait(60)
+        return [i * 10 for i in items]
+
+    commit: GroupCommit[int, int] = GroupCommit(flush)
+    busy = threading.Thread(target=commit.submit, args=(1,))
+    busy.start()
+    assert entered.wait(60)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_submit_in_child, args=(commit, results))
+    child.start()
+    try:
+        assert results.get(timeout=60) == 70
+    finally:
+        release.set()
+        busy.join(60)
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
+    assert commit.submit(2) == 20  # the parent goes on as before
