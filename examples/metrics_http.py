@@ -1,15 +1,20 @@
 """Expose a Silo's Prometheus metrics over HTTP (needs ``pip install 'libmsilo[metrics]'``).
 
-Run ``python examples/metrics_http.py`` and read http://127.0.0.1:9464/metrics: the msilo
-counters, the leased gauge, the stored gauge of the watched owner, and the latency and batch-size
-histograms, after a few stores, a dump and its acknowledgements.
+Run ``python examples/metrics_http.py [DB_URL] [--port N]`` and read
+http://127.0.0.1:9464/metrics: the msilo counters, the leased gauge, the store gauges, the stored
+gauge of the watched owner, and the latency and batch-size histograms, after a few stores, a dump
+and its acknowledgements. ``--port 0`` takes a free port; the first line printed names the
+address. SIGTERM or SIGINT stops it.
 """
 
 from __future__ import annotations
 
+import argparse
+import signal
 import sys
 import threading
 from collections.abc import Sequence
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -32,7 +37,7 @@ def message(n: int) -> SipRequest:
     return SipRequest("MESSAGE", OWNER, headers, b"hello %d" % n)
 
 
-def serve(db_url: str, port: int) -> tuple[Silo, int, object]:
+def serve(db_url: str, port: int) -> tuple[Silo, int, WSGIServer]:
     """A Silo with some traffic behind, its metrics served on 127.0.0.1:``port`` (0: any free
     port); the Silo, the port and the HTTP server (``.shutdown()`` stops it)."""
     silo = Silo.from_settings(MsiloSettings(db_url=db_url, timezone="UTC"))
@@ -47,13 +52,19 @@ def serve(db_url: str, port: int) -> tuple[Silo, int, object]:
 
 
 def main(argv: Sequence[str]) -> None:
-    """Serve until interrupted."""
-    silo, port, _server = serve(argv[0] if argv else "sqlite:///metrics-demo.db", 9464)
-    print(f"metrics on http://127.0.0.1:{port}/metrics (Ctrl-C stops)")
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        silo.close()
+    """Serve until SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("db_url", nargs="?", default="sqlite:///metrics-demo.db")
+    parser.add_argument("--port", type=int, default=9464, help="HTTP port (0: a free one)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    silo, port, server = serve(args.db_url, args.port)
+    print(f"metrics on http://127.0.0.1:{port}/metrics (SIGTERM or Ctrl-C stops)", flush=True)
+    stop.wait()
+    server.shutdown()
+    silo.close()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from .drivers.base import Driver
 from .errors import MsiloError
 from .group_commit import AsyncGroupCommit
 from .message import OutgoingMessage, SipRequest
-from .records import ReleaseResult, StoredMessage
+from .records import ReleaseResult, StoredMessage, StoreTotals
 from .settings import MsiloSettings
 from .silo import Clock, ReplyOutcome, Silo, Stats, flushers_for
 
@@ -245,6 +245,10 @@ class AsyncSilo:
     async def purge_expired(self, now: float | None = None) -> int:
         """:meth:`Silo.purge_expired`."""
         return await asyncio.to_thread(self.silo.purge_expired, now)
+
+    async def totals(self) -> StoreTotals | None:
+        """:meth:`Silo.totals`."""
+        return await asyncio.to_thread(self.silo.totals)
 
     async def close(self) -> None:
         """Close the driver."""

@@ -22,6 +22,7 @@ __all__ = [
     "NewMessage",
     "ReleaseResult",
     "StoreLayout",
+    "StoreTotals",
     "StoredMessage",
     "check_ints",
     "check_mid",
@@ -108,6 +109,15 @@ class ReleaseResult(enum.Enum):
     RELEASED = "released"  # lease cleared, attempt counted; eligible again
     DROPPED = "dropped"  # max_attempts reached: the row was deleted
     NOT_FOUND = "not_found"  # no such row, or leased to another token
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTotals:
+    """What a whole store holds at one time: its unexpired rows (reminders included) and those
+    of them under a live lease (None when the backend cannot count leases cheaply)."""
+
+    stored: int
+    leased: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,11 +42,12 @@ from .core import (
 from .drivers import open_driver, url_scheme
 from .drivers.base import Driver
 from .drivers.batch import delete_many, insert_many, release_many
+from .drivers.plumbing import totals
 from .errors import InvalidRequest, MsiloError
 from .group_commit import GroupCommit
 from .message import MessageKind, OutgoingMessage, SipRequest
 from .metrics import Metrics
-from .records import NewMessage, ReleaseResult, StoredMessage, check_mid
+from .records import NewMessage, ReleaseResult, StoredMessage, StoreTotals, check_mid
 from .settings import MsiloSettings
 
 __all__ = ["ReplyOutcome", "Silo", "Stats", "TimerThread"]
@@ -526,6 +527,11 @@ class Silo:
     def purge(self, aor: str) -> int:
         """Delete every message of ``aor``."""
         return self.driver.purge(*split_owner_uri(aor))
+
+    def totals(self) -> StoreTotals | None:
+        """The whole store's unexpired messages and live leases now, for metrics (None: the
+        driver cannot count them). One query over the store: ask seldom, e.g. per scrape."""
+        return totals(self.driver, self._now())
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete every expired message now."""

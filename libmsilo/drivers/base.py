@@ -7,6 +7,10 @@ The built-in drivers share their plumbing, :class:`DriverBase` (from :mod:`.plum
 declares its backend's exceptions in an :class:`ErrorTable` and decorates its methods with
 :func:`storage_step`, which checks the arguments as :class:`Driver` says, translates failures
 into libmsilo's errors and retries what the table calls retryable.
+
+Optional steps, outside :class:`Driver` (a driver without them still works): the batch steps
+(:mod:`.batch`) and ``totals(now)``, the store's unexpired rows and live leases as a
+:class:`~libmsilo.records.StoreTotals` for metrics (:func:`.plumbing.totals` asks for it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..records import (
     ReleaseResult,
     StoredMessage,
     StoreLayout,
+    StoreTotals,
 )
 from .plumbing import DriverBase, ErrorTable, storage_step
 
@@ -34,6 +39,7 @@ __all__ = [
     "NewMessage",
     "ReleaseResult",
     "StoreLayout",
+    "StoreTotals",
     "StoredMessage",
     "storage_step",
 ]

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
 from .plumbing import DriverBase, storage_step
 from .schema_version import SCHEMA_VERSION
 
@@ -168,6 +168,14 @@ class MemoryDriver(DriverBase):
             for mid in mids:
                 del self._rows[mid]
             return len(mids)
+
+    @storage_step
+    def totals(self, now: int) -> StoreTotals:
+        """Unexpired rows and live leases."""
+        with self._lock:
+            live = [r for r in self._rows.values() if r.exp_time > now]
+        leased = sum(1 for r in live if r.lease_token is not None and (r.lease_until or 0) > now)
+        return StoreTotals(len(live), leased)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -38,7 +38,7 @@ from pymongo.errors import (
 
 from ..errors import SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions
-from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
 from .plumbing import DriverBase, ErrorTable, storage_step
 from .schema_version import SCHEMA_VERSION, check_version
 from .schemes import scheme_of
@@ -597,6 +597,14 @@ class MongoDriver(DriverBase):
         return self._rows.count_documents(
             {**self._owner(username, domain), self._layout.exp_time: {"$gt": now}}
         )
+
+    @storage_step
+    def totals(self, now: int) -> StoreTotals:
+        """Unexpired rows and live leases: two counts (the expiry index serves the first)."""
+        lay = self._layout
+        live: Doc = {lay.exp_time: {"$gt": now}}
+        held: Doc = {**live, lay.lease_token: {"$ne": None}, lay.lease_until: {"$gt": now}}
+        return StoreTotals(self._rows.count_documents(live), self._rows.count_documents(held))
 
     @storage_step
     def list(self, username: str, domain: str, now: int, limit: int = 0) -> list[StoredMessage]:

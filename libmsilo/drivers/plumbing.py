@@ -24,6 +24,7 @@ from ..records import (
     MIN_INT64,
     NewMessage,
     ReleaseResult,
+    StoreTotals,
     check_ints,
     check_mid,
     check_text,
@@ -44,6 +45,7 @@ __all__ = [
     "check_token",
     "ping",
     "storage_step",
+    "totals",
 ]
 
 INT64_MIN = MIN_INT64
@@ -129,6 +131,11 @@ class DriverBase:
     def ping(self) -> None:
         """Answer when the store is usable (the default: always)."""
 
+    def totals(self, now: int) -> StoreTotals | None:
+        """The store's unexpired rows and live leases at ``now`` (for metrics); the default
+        None means the driver cannot count them cheaply."""
+        return None
+
     # The batch steps (see :mod:`.batch`); a driver overrides them with native ones.
 
     def insert_many(
@@ -161,6 +168,12 @@ def ping(driver: object) -> None:
         stacklevel=2,
     )
     driver.get(0)  # type: ignore[attr-defined]
+
+
+def totals(driver: object, now: int) -> StoreTotals | None:
+    """``driver.totals(now)``; None for a driver without that optional step."""
+    method = getattr(driver, "totals", None)
+    return method(now) if callable(method) else None
 
 
 def storage_step(method: Callable[Concatenate[D, P], T]) -> Callable[Concatenate[D, P], T]:
@@ -271,4 +284,5 @@ _CHECKS: dict[str, Callable[..., object]] = {
     "get": _by_mid(None),
     "purge": _purge,
     "delete_expired": _delete_expired,
+    "totals": _delete_expired,
 }

@@ -34,7 +34,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 
 from ..errors import InvalidRequest, MsiloError, SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions, batch
-from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout
+from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
 from .plumbing import DriverBase, ErrorTable, check_ints, check_message, check_mid, storage_step
 from .schemes import SCHEMES, scheme_of
 from .sql_migrate import check_schema, create_schema, drop_schema, migrate_schema, read_version
@@ -493,6 +493,12 @@ class SqlDriver(DriverBase):
         """Delete rows with ``exp_time <= now``; how many."""
         ops = self._ready()
         return self._run(lambda c: ops.changed(ops.expired_sql, c.cursor, {"now": now}))
+
+    @storage_step
+    def totals(self, now: int) -> StoreTotals:
+        """Unexpired rows and live leases: one counting query (it reads the whole table)."""
+        ops = self._ready()
+        return StoreTotals(*self._run(lambda c: ops.totals(c.cursor, now)))
 
     @storage_step
     def ping(self) -> None:

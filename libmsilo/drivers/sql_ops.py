@@ -232,6 +232,10 @@ class SqlOps:
 
         self.get_sql = compile_(sa.select(*cols).where(c.mid == bp("mid")))
         self.count_sql = compile_(sa.select(sa.func.count()).select_from(table).where(owner, live))
+        held = sa.and_(c.lease_token.is_not(None), c.lease_until > bp("now"))
+        self.totals_sql = compile_(
+            sa.select(sa.func.count(), sa.func.count(sa.case((held, 1)))).where(live)
+        )
         self.list_sql = compile_(
             sa.select(*cols).where(owner, live).order_by(c.mid).limit(bp("lim"))
         )
@@ -475,6 +479,12 @@ class SqlOps:
         """The owner's unexpired rows (``params``: u, d, now)."""
         self.count_sql.run(cur, params)
         return int(cur.fetchone()[0])
+
+    def totals(self, cur: Any, now: int) -> tuple[int, int]:
+        """Every owner's unexpired rows, and those of them under a live lease."""
+        self.totals_sql.run(cur, {"now": now})
+        stored, leased = cur.fetchone()
+        return int(stored), int(leased)
 
     @staticmethod
     def changed(sql: _Sql, cur: Any, params: dict[str, Any]) -> int:

@@ -32,6 +32,7 @@ import pytest
 
 from ..drivers import batch
 from ..drivers.base import Driver, NewMessage, ReleaseResult, StoredMessage
+from ..drivers.plumbing import totals
 from ..errors import InvalidRequest, MsiloError
 
 __all__ = ["DriverConformance", "make_message", "unique_table"]
@@ -382,6 +383,23 @@ class DriverConformance:
         assert driver.delete_expired(NOW) == 0
         # quota space is given back by expiry
         assert driver.insert(make_message(user="carol", inc_time=NOW), 1) is not None
+
+    def test_totals_count_unexpired_rows_and_live_leases(self, driver: Driver) -> None:
+        if totals(driver, NOW) is None:
+            pytest.skip("the driver has no totals step (optional)")
+        for i in range(3):
+            _insert(driver, make_message(body=bytes([i])))
+        _insert(driver, make_message(snd_time=NOW + 100))  # a reminder counts as stored
+        _insert(driver, make_message(user="carol"))
+        _insert(driver, make_message(exp_time=NOW))  # expired: not counted
+        driver.claim("alice", "example.com", NOW, NOW + 30, _token(), limit=2)
+        got = totals(driver, NOW)
+        assert got is not None and got.stored == 5
+        assert got.leased in (2, None)
+        later = totals(driver, NOW + 30)  # the leases have run out
+        assert later is not None and later.stored == 5 and later.leased in (0, None)
+        with pytest.raises(InvalidRequest):
+            totals(driver, "now")  # type: ignore[arg-type]
 
     # ---- health check -------------------------------------------------------------------------
 
