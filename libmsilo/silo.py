@@ -165,12 +165,11 @@ class Silo:
         replace the settings for this call, e.g. per domain. Once the row is stored this
         returns: a notice that cannot be built is logged and named in ``notice_error``.
         """
-        start = time.perf_counter()
+        start = self._started()
         now = self._now()
         row, quota = self._row(request, owner, now, send_at, expire_time, max_messages)
         mid = self._inserts.submit((row, quota)) if self._group else self.driver.insert(row, quota)
-        if self.metrics is not None:
-            self.metrics.latency("store", time.perf_counter() - start)
+        self._observe("store", start)
         return self._stored(request, row, mid, now, notify)
 
     def store_many(
@@ -256,12 +255,11 @@ class Silo:
         contact: str | None = None,
     ) -> list[OutgoingMessage]:
         """Lease the owner's stored messages and return the MESSAGEs that deliver them."""
-        start = time.perf_counter()
+        start = self._started()
         try:
             return self._dump(request, owner, max_messages, contact)
         finally:
-            if self.metrics is not None:
-                self.metrics.latency("dump", time.perf_counter() - start)
+            self._observe("dump", start)
 
     def _dump(
         self,
@@ -322,10 +320,9 @@ class Silo:
         of the wrong type, or a code outside 100-699, raises ``InvalidRequest``; an unknown id
         is ``IGNORED``.
         """
-        start = time.perf_counter()
+        start = self._started()
         outcome = self._carry_out(self._deliveries.reply(mid, status_code, token))
-        if self.metrics is not None:
-            self.metrics.latency("ack", time.perf_counter() - start)
+        self._observe("ack", start)
         return outcome
 
     @property
@@ -418,6 +415,16 @@ class Silo:
             for i, mid in zip(where, got, strict=True):
                 results[i] = mid
         return results
+
+    def _started(self) -> float:
+        """When an observed call starts: 0.0 without metrics (then nothing is measured)."""
+        return 0.0 if self.metrics is None else time.perf_counter()
+
+    def _observe(self, operation: str, start: float) -> None:
+        """Report the latency of ``operation``, begun at ``start`` (from :meth:`_started`)."""
+        metrics = self.metrics
+        if metrics is not None and start:
+            metrics.latency(operation, time.perf_counter() - start)
 
     def _observe_batch(self, kind: str, size: int) -> None:
         if self.metrics is not None and size:

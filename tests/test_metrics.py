@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from libmsilo import Silo
 from libmsilo.drivers.memory import MemoryDriver
 from libmsilo.errors import StorageUnavailable
+from libmsilo.metrics import Metrics
 from libmsilo.prometheus import SiloCollector, instrument
 from tests.helpers import make_silo, message, settings
 
@@ -172,3 +174,32 @@ def test_the_example_serves_the_metrics_as_a_process(tmp_path: Path) -> None:
     assert samples[("msilo_store_messages", ())] == 2
     assert samples[("msilo_store_leased", ())] == 2  # dumped, not answered
     assert samples[("msilo_batch_size_count", (("kind", "store"),))] == 1
+
+
+class Recorder(Metrics):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def latency(self, operation: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.seen.append(operation)
+
+    def batch(self, kind: str, size: int) -> None:
+        self.seen.append(f"{kind}:{size}")
+
+
+def test_without_metrics_nothing_is_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    silo = Silo(MemoryDriver(), settings())
+    timed: list[float] = []
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: timed.append(0) or real())
+    silo.store(message())
+    [msg] = silo.dump(owner="sip:alice@example.com")
+    silo.on_reply(msg.mid, 200, token=msg.lease_token)
+    assert timed == []
+    monkeypatch.undo()
+    silo.metrics = recorder = Recorder()
+    silo.store(message())
+    [msg] = silo.dump(owner="sip:alice@example.com")
+    silo.on_reply(msg.mid, 200, token=msg.lease_token)
+    assert recorder.seen == ["store:1", "store", "dump", "ack:1", "ack"]
