@@ -350,3 +350,39 @@ def test_a_child_forked_during_a_flush_flushes_its_own_items() -> None:
             child.join()
     assert child.exitcode == 0
     assert commit.submit(2) == 20  # the parent goes on as before
+
+
+def test_async_silo_never_calls_the_driver_on_the_event_loop() -> None:
+    silo = make_silo()
+    driver = silo.driver
+    on_loop: list[str] = []
+    loop_thread: list[int] = []
+    names = ("insert", "insert_many", "delete", "delete_many", "release", "release_many", "get")
+    names += ("claim", "count")
+    for name in names:
+        method = getattr(driver, name, None)
+        if method is None:
+            continue
+
+        def watched(*args: object, _method: Any = method, _name: str = name, **kw: object) -> Any:
+            if loop_thread and threading.get_ident() == loop_thread[0]:
+                on_loop.append(_name)
+            return _method(*args, **kw)
+
+        setattr(driver, name, watched)
+    aio = AsyncSilo(silo)
+
+    async def main() -> None:
+        loop_thread.append(threading.get_ident())
+        await asyncio.gather(*(aio.store(message(body=b"%d" % n)) for n in range(20)))
+        await aio.store_many([message(), message()])
+        msgs = await aio.dump(owner="sip:alice@example.com")
+        await asyncio.gather(
+            *(aio.on_reply(m.mid, 200, token=m.lease_token) for m in msgs[:10]),
+            *(aio.send_failed(m) for m in msgs[10:]),
+            aio.on_reply(msgs[0].mid, 486),  # no token: a lookup of the row
+        )
+        assert await aio.count("sip:alice@example.com") == 12
+
+    asyncio.run(main())
+    assert on_loop == []
