@@ -34,18 +34,25 @@ _PENDING = object()
 
 
 class _Slot(Generic[I]):
-    __slots__ = ("item", "result")
+    """One queued item. Its caller sleeps on ``wake`` (a lock taken at creation) until the
+    result is in or it is made a flusher (``leader``); only that caller is woken, not all."""
+
+    __slots__ = ("item", "leader", "result", "wake")
 
     def __init__(self, item: I) -> None:
         self.item = item
         self.result: object = _PENDING
+        self.leader = False
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class GroupCommit(Generic[I, R]):
     """Coalesces concurrent :meth:`submit` calls into batches for ``flush``; thread-safe.
 
     ``flushers`` batches may be flushed at once (1: one writer at a time, the best for a single
-    writer such as SQLite; more overlap the round trips of a pooled network store)."""
+    writer such as SQLite; more overlap the round trips of a pooled network store). A flusher
+    whose own item is done hands the flushing over to the oldest waiting caller."""
 
     def __init__(
         self,
@@ -67,49 +74,53 @@ class GroupCommit(Generic[I, R]):
         _LIVE.add(self)
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._queue: deque[_Slot[I]] = deque()
-        self._running = 0
+        self._running = 0  # callers acting as flushers
 
     def submit(self, item: I) -> R:
         """Queue ``item``, wait for its batch to be flushed; its result (or raise its error)."""
         slot = _Slot(item)
-        with self._cond:
+        with self._lock:
             self._queue.append(slot)
-            if self._max_wait > 0:
-                self._cond.notify_all()  # a flusher waiting to fill its batch
-            while slot.result is _PENDING:
-                if self._running >= self._flushers or not self._queue:
-                    self._cond.wait()
-                    continue
-                # Flush the next batch: it holds our item unless more than a batch was queued
-                # before it, and then the loop flushes (or waits for) the one that does.
+            if self._running < self._flushers:
                 self._running += 1
-                batch = self._take()
-                self._cond.release()
-                try:
-                    self._run(batch)
-                finally:
-                    self._cond.acquire()
+                slot.leader = True
+        while True:
+            if not slot.leader:
+                slot.wake.acquire()  # until its result is in, or it is made a flusher
+                if not slot.leader:
+                    return self._outcome(slot)
+            short = len(self._queue) < self._max_batch
+            if self._max_wait > 0 and short and slot.result is _PENDING:
+                time.sleep(self._max_wait)  # let a short batch fill up
+            with self._lock:
+                if slot.result is not _PENDING:
+                    self._hand_over()
+                    return self._outcome(slot)
+                if not self._queue:
+                    # Our item is in another flusher's batch: wait for it like the others.
+                    slot.leader = False
                     self._running -= 1
-                    self._cond.notify_all()
-            return self._outcome(slot)
+                    continue
+                # The next batch holds our item unless more than a batch was queued before
+                # it; then the loop flushes (or is handed) the one that does.
+                count = min(self._max_batch, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(count)]
+            self._run(batch)
 
-    def _take(self) -> list[_Slot[I]]:
-        """Up to ``max_batch`` queued slots (called holding the lock); with ``max_wait``, a
-        short batch waits for more first."""
-        if self._max_wait > 0 and len(self._queue) < self._max_batch:
-            deadline = time.monotonic() + self._max_wait
-            while len(self._queue) < self._max_batch:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-        count = min(self._max_batch, len(self._queue))
-        return [self._queue.popleft() for _ in range(count)]
+    def _hand_over(self) -> None:
+        """A flusher is done (called holding the lock): the oldest waiting caller that is not
+        a flusher yet becomes one, else there is one flusher fewer."""
+        for waiting in self._queue:
+            if not waiting.leader:
+                waiting.leader = True
+                waiting.wake.release()
+                return
+        self._running -= 1
 
     def _run(self, batch: list[_Slot[I]]) -> None:
-        """Flush ``batch`` (without the lock) and fill in its results."""
+        """Flush ``batch`` (without the lock), fill in its results and wake their callers."""
         results: Sequence[object]
         try:
             results = self._flush([slot.item for slot in batch])
@@ -117,9 +128,11 @@ class GroupCommit(Generic[I, R]):
                 raise RuntimeError(f"flush returned {len(results)} results for {len(batch)}")
         except BaseException as exc:
             results = [exc] * len(batch)
-        with self._cond:
+        with self._lock:
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
+                if not slot.leader:  # a flusher is awake already
+                    slot.wake.release()
             self.batches += 1
             self.items += len(batch)
 
