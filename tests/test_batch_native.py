@@ -44,3 +44,22 @@ def test_insert_many_and_delete_many_are_native(
     assert got.count(None) == len(msgs) - len(stored)
     assert driver.delete_many([*stored, 10**12]) == [True] * len(stored) + [False]  # type: ignore[attr-defined]
     assert driver.count("n0", "example.com", 0) == 0
+
+
+def test_batches_keep_bodies_and_ids_when_split(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver.ping()  # the SQL driver prepares its statements
+    ops = getattr(driver, "_ops", None)
+    if ops is not None and ops.kind == "mysql":
+        assert ops._id_step == 1  # MariaDB's default: consecutive ids, multi-row INSERTs
+        # A small packet: the batch is cut into several multi-row INSERTs and the large body
+        # is written in parts (its own INSERT, then appends), all in one transaction.
+        monkeypatch.setattr(ops, "_body_part", 1500)
+    bodies = [bytes([i]) * 600 for i in range(5)] + [bytes(range(256)) * 20, b"", b"x"]
+    msgs = [make_message(body=b) for b in bodies]
+    got = driver.insert_many(msgs, 0)  # type: ignore[attr-defined]
+    assert all(isinstance(m, int) for m in got) and got == sorted(got)
+    for mid, body in zip(got, bodies, strict=True):
+        stored = driver.get(mid)
+        assert stored is not None and stored.body == body

@@ -236,22 +236,32 @@ class SqlDriver(DriverBase):
         with self._prepare_lock:
             if self._ops is None:
                 # The first connection initializes the dialect (server version, features).
-                packet = self._run(self._max_packet)
-                self._ops = SqlOps(self._table, self._dialect, self._timeout, max_packet=packet)
+                packet, step = self._run(self._mysql_session)
+                self._ops = SqlOps(
+                    self._table, self._dialect, self._timeout, max_packet=packet, id_step=step
+                )
             if self._limits is None:
                 with self._schema_conn() as sa_conn:
                     check_schema(sa_conn, self.layout)
                     self._limits = reflect_limits(sa_conn, self.layout)
             return self._ops
 
-    def _max_packet(self, conn: PooledConnection) -> int | None:
+    def _mysql_session(self, conn: PooledConnection) -> tuple[int | None, int | None]:
         """MySQL's ``max_allowed_packet`` for this session (read-only per session on MariaDB,
-        and raising the global one is not a driver's business); None elsewhere."""
+        and raising the global one is not a driver's business), and the step between the ids
+        of one multi-row INSERT when the server gives such rows consecutive ids (InnoDB
+        ``innodb_autoinc_lock_mode`` 0 or 1), else None; (None, None) elsewhere."""
         if self._dialect.name not in ("mysql", "mariadb"):
-            return None
-        conn.cursor.execute("SELECT @@max_allowed_packet")
+            return None, None
+        conn.cursor.execute(
+            "SELECT @@max_allowed_packet, @@innodb_autoinc_lock_mode, @@auto_increment_increment"
+        )
         row = conn.cursor.fetchone()
-        return int(row[0]) if row and row[0] else None
+        if not row:
+            return None, None
+        packet = int(row[0]) if row[0] else None
+        step = int(row[2]) if row[1] is not None and int(row[1]) in (0, 1) and row[2] else None
+        return packet, step
 
     def _translate(self, exc: BaseException, context: object = None) -> BaseException:
         """StorageUnavailable when the server cannot be reached or ``context`` (the step's

@@ -43,6 +43,8 @@ _LEASE_SQL_CACHE_MAX = 256
 _IDS_MARK = "__[POSTCOMPILE_ids]"
 # Room in a MySQL packet for everything but the body: the SQL text and the other columns.
 _PACKET_MARGIN = 64 * 1024
+_MULTI_MAX = 256  # most rows in one multi-row INSERT
+_ROW_MARGIN = 2048  # bytes counted per row besides its body when filling one
 
 
 class _Sql:
@@ -115,6 +117,7 @@ class SqlOps:
         returning: bool | None = None,
         *,
         max_packet: int | None = None,
+        id_step: int | None = None,
     ) -> None:
         self.table = table
         self.dialect = dialect
@@ -218,6 +221,10 @@ class SqlOps:
         if self.kind == "mysql" and max_packet and max_packet > 2 * _PACKET_MARGIN:
             self.max_body = max_packet - _PACKET_MARGIN
             self._body_part = self.max_body // 2  # hex: two bytes on the wire per body byte
+        # MySQL batches: one multi-row INSERT when its rows get consecutive ids (``id_step``
+        # apart, from the first id the server reports); compiled per row count.
+        self._id_step = id_step if self.kind == "mysql" else None
+        self._multi_sql: dict[int, str] = {}
         part = bp("part", type_=c.body.type)
         append = (
             sa.update(table).where(c.mid == bp("mid")).values(body=sa.func.concat(c.body, part))
@@ -372,13 +379,55 @@ class SqlOps:
                     if not got or got[0] != 1:
                         raise StorageError("timed out waiting for an owner's quota lock")
                     held.append(name)
-            mids = [self._insert_row(sql, cur, params) for params in rows]
+            if self._id_step and not keys:
+                mids = self._insert_multi(cur, rows)
+            else:
+                mids = [self._insert_row(sql, cur, params) for params in rows]
             conn.commit()
             return mids
         finally:
             for name in held:
                 self.unlock_sql.run(cur, {"key": name})
                 cur.fetchall()
+
+    def _insert_multi(self, cur: Any, rows: list[dict[str, Any]]) -> list[int | None]:
+        """MySQL, no quota: the rows in multi-row INSERTs (each within half a packet, as a
+        single row's is), a body too large for that on its own; ids from the first one."""
+        mids: list[int | None] = []
+        start = 0
+        while start < len(rows):
+            end, size = start, 0
+            while end < len(rows) and end - start < _MULTI_MAX:
+                size += len(rows[end]["body"]) + _ROW_MARGIN
+                if end > start and size > self._body_part:
+                    break
+                end += 1
+            chunk = rows[start:end]
+            if len(chunk) == 1:
+                mids.append(self._insert_row(self.insert_sql, cur, chunk[0]))
+            else:
+                cur.execute(
+                    self._multi_insert(len(chunk)),
+                    {f"{k}_{i}": v for i, p in enumerate(chunk) for k, v in p.items()},
+                )
+                first = int(cur.lastrowid)
+                step = self._id_step or 1
+                mids += [first + i * step for i in range(len(chunk))]
+            start = end
+        return mids
+
+    def _multi_insert(self, count: int) -> str:
+        """``INSERT … VALUES (…), (…)`` of ``count`` rows, binds ``<field>_<i>``."""
+        text = self._multi_sql.get(count)
+        if text is None:
+            c = self.table.c
+            rows = [
+                {f: bp(f"{f}_{i}", type_=c[f].type) for f in MESSAGE_FIELDS} for i in range(count)
+            ]
+            text = sa.insert(self.table).values(rows).compile(dialect=self.dialect).string
+            if len(self._multi_sql) < _LEASE_SQL_CACHE_MAX:
+                self._multi_sql[count] = text
+        return text
 
     def _insert_batch_pg(
         self, cur: Any, conn: Any, sql: _Sql, rows: list[dict[str, Any]], keys: list[bytes]
