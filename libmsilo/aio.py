@@ -1,9 +1,17 @@
 """``AsyncSilo``: the ``Silo`` API for asyncio hosts.
 
-Storage calls block on the database, so each runs in a worker thread (``asyncio.to_thread``) and
-the event loop keeps serving SIP traffic meanwhile; concurrent tasks' stores and acks meet in the
-``Silo``'s group commit (their worker threads share batches). The decisions are the same code as
-``Silo``'s: this facade only changes how the calls are awaited.
+Each call runs the ``Silo``'s own method, so every decision is the same code; only where it runs
+differs, chosen by the driver (:mod:`libmsilo.drivers.aio`):
+
+- on a native asyncio driver (PostgreSQL on psycopg's ``AsyncConnection``, Redis on
+  ``redis.asyncio``; the default for those URLs) the method runs on the event loop and awaits
+  the database, so nothing blocks the loop and no thread is used;
+- on any other driver it runs in a worker thread (``asyncio.to_thread``) and the event loop
+  keeps serving SIP traffic meanwhile.
+
+Either way concurrent tasks' stores and acks coalesce in this loop's group commit
+(:class:`~libmsilo.group_commit.AsyncGroupCommit`): each batch is one call of the ``Silo``'s
+batch step, made where the driver runs.
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from types import TracebackType
+from typing import Any, TypeVar
 
 from .core import Action, Op, Policy, StoreResult
+from .drivers.aio import AsyncDriver, BridgedDriver, ThreadedDriver, open_async_driver
 from .drivers.base import Driver
 from .errors import MsiloError
 from .group_commit import AsyncGroupCommit
@@ -27,6 +37,7 @@ from .silo import Clock, ReplyOutcome, Silo, Stats, flushers_for
 __all__ = ["AsyncSilo", "AsyncTimerTask"]
 
 AsyncSender = Callable[[OutgoingMessage], Awaitable[None]]
+T = TypeVar("T")
 
 
 class AsyncTimerTask:
@@ -54,15 +65,34 @@ class AsyncTimerTask:
 class AsyncSilo:
     """msilo for asyncio: every :class:`Silo` operation as a coroutine."""
 
-    def __init__(self, silo: Silo) -> None:
+    def __init__(self, silo: Silo, driver: AsyncDriver | None = None) -> None:
+        """Wrap ``silo``; ``driver`` is the asyncio face of ``silo.driver`` (default: it in
+        worker threads, :class:`~libmsilo.drivers.aio.ThreadedDriver`)."""
+        if driver is None:
+            driver = ThreadedDriver(silo.driver)
+        elif driver.sync is not silo.driver:
+            raise ValueError("driver must be the asyncio face of silo.driver")
         self.silo = silo
-        # Group commit among this loop's tasks: each batch is one worker-thread call.
+        self._driver = driver
+        if isinstance(driver, BridgedDriver):
+            # The Silo's own group commit makes threads wait for each other: on the loop's one
+            # thread that would block it. This loop's group commit (below) serves instead.
+            silo._group = False
+        run = driver.run
+        # Group commit among this loop's tasks: each batch is one call where the driver runs
+        # (a worker thread, or the loop for a native driver).
         settings = silo.settings
         self._group = settings.group_commit
         size, flushers = settings.group_commit_size, flushers_for(settings)
-        self._inserts = AsyncGroupCommit(silo._flush_inserts, max_batch=size, flushers=flushers)
-        self._deletes = AsyncGroupCommit(silo._flush_deletes, max_batch=size, flushers=flushers)
-        self._releases = AsyncGroupCommit(silo._flush_releases, max_batch=size, flushers=flushers)
+        self._inserts = AsyncGroupCommit(
+            silo._flush_inserts, max_batch=size, flushers=flushers, run=run
+        )
+        self._deletes = AsyncGroupCommit(
+            silo._flush_deletes, max_batch=size, flushers=flushers, run=run
+        )
+        self._releases = AsyncGroupCommit(
+            silo._flush_releases, max_batch=size, flushers=flushers, run=run
+        )
 
     @classmethod
     async def from_settings(
@@ -71,12 +101,37 @@ class AsyncSilo:
         *,
         clock: Clock = time.time,
         create_schema: bool = True,
+        native: bool | None = None,
     ) -> AsyncSilo:
-        """Open the store ``settings.db_url`` names, off the event loop."""
-        silo = await asyncio.to_thread(
-            Silo.from_settings, settings, clock=clock, create_schema=create_schema
+        """Open the store ``settings.db_url`` names without blocking the event loop: on its
+        native asyncio driver where there is one (``native=False`` opts out: worker threads),
+        else the synchronous driver in worker threads."""
+        settings = settings if settings is not None else MsiloSettings()
+        driver = await open_async_driver(
+            settings.db_url, settings.layout(), settings.driver_options(), native=native
         )
-        return cls(silo)
+        try:
+            if create_schema:
+                await driver.create_schema()
+            silo = Silo(driver.sync, settings, clock=clock)
+        except BaseException:
+            await driver.close()
+            raise
+        return cls(silo, driver)
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` where the driver runs its steps (the loop or a thread)."""
+        return await self._driver.run(fn, *args, **kwargs)
+
+    @property
+    def native(self) -> bool:
+        """Whether the calls run on the event loop (a native asyncio driver)."""
+        return isinstance(self._driver, BridgedDriver)
+
+    @property
+    def async_driver(self) -> AsyncDriver:
+        """The asyncio face of the driver."""
+        return self._driver
 
     @property
     def settings(self) -> MsiloSettings:
@@ -115,7 +170,7 @@ class AsyncSilo:
     ) -> StoreResult:
         """:meth:`Silo.store`; with group commit, concurrent tasks' rows share one batch."""
         if not self._group:
-            return await asyncio.to_thread(
+            return await self._run(
                 self.silo.store,
                 request,
                 owner,
@@ -142,7 +197,7 @@ class AsyncSilo:
         contact: str | None = None,
     ) -> list[OutgoingMessage]:
         """:meth:`Silo.dump`."""
-        return await asyncio.to_thread(
+        return await self._run(
             self.silo.dump, request, owner, max_messages=max_messages, contact=contact
         )
 
@@ -151,7 +206,7 @@ class AsyncSilo:
     ) -> ReplyOutcome:
         """:meth:`Silo.on_reply`."""
         if not self._group:
-            return await asyncio.to_thread(self.silo.on_reply, mid, status_code, token=token)
+            return await self._run(self.silo.on_reply, mid, status_code, token=token)
         start = time.perf_counter()
         outcome = await self._carry_out(self.silo._deliveries.reply(mid, status_code, token))
         if self.silo.metrics is not None:
@@ -167,7 +222,7 @@ class AsyncSilo:
         max_messages: int | None = None,
     ) -> list[StoreResult | MsiloError]:
         """:meth:`Silo.store_many`."""
-        return await asyncio.to_thread(
+        return await self._run(
             self.silo.store_many,
             list(requests),
             notify=notify,
@@ -179,18 +234,18 @@ class AsyncSilo:
         self, replies: Iterable[tuple[int, int, str | None]]
     ) -> list[ReplyOutcome | MsiloError]:
         """:meth:`Silo.on_replies`."""
-        return await asyncio.to_thread(self.silo.on_replies, list(replies))
+        return await self._run(self.silo.on_replies, list(replies))
 
     async def send_failed(self, msg: OutgoingMessage) -> ReplyOutcome:
         """:meth:`Silo.send_failed`."""
         if not self._group:
-            return await asyncio.to_thread(self.silo.send_failed, msg)
+            return await self._run(self.silo.send_failed, msg)
         return await self._carry_out(self.silo._deliveries.send_failed(msg.mid, msg.lease_token))
 
     async def _carry_out(self, action: Action) -> ReplyOutcome:
         """:meth:`Silo._carry_out` with the delete / release joining this loop's batches."""
         if action.op is Op.LOOKUP:
-            action = await asyncio.to_thread(self.silo._resolve, action)
+            action = await self._run(self.silo._resolve, action)
         result: bool | ReleaseResult | None = None
         if action.op is Op.DELETE:
             result = await self._deletes.submit(action)
@@ -200,7 +255,7 @@ class AsyncSilo:
 
     async def tick(self, now: float | None = None) -> list[OutgoingMessage]:
         """:meth:`Silo.tick`."""
-        return await asyncio.to_thread(self.silo.tick, now)
+        return await self._run(self.silo.tick, now)
 
     async def run_forever(
         self, send: AsyncSender, stop: asyncio.Event | None = None, *, poll: float = 1.0
@@ -209,11 +264,11 @@ class AsyncSilo:
         is cancelled), awaiting ``send`` for each due reminder; the same steps and pauses."""
         stop = stop if stop is not None else asyncio.Event()
         while not stop.is_set():
-            for msg in await asyncio.to_thread(self.silo._timer_step):
+            for msg in await self._run(self.silo._timer_step):
                 try:
                     await send(msg)
                 except Exception as exc:
-                    await asyncio.to_thread(self.silo._report_send_failure, msg, exc)
+                    await self._run(self.silo._report_send_failure, msg, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.silo._timer_pause(poll))
 
@@ -224,35 +279,35 @@ class AsyncSilo:
 
     async def count(self, aor: str) -> int:
         """:meth:`Silo.count`."""
-        return await asyncio.to_thread(self.silo.count, aor)
+        return await self._run(self.silo.count, aor)
 
     async def list(self, aor: str, limit: int = 100) -> list[StoredMessage]:
         """:meth:`Silo.list`."""
-        return await asyncio.to_thread(self.silo.list, aor, limit)
+        return await self._run(self.silo.list, aor, limit)
 
     async def get(self, mid: int) -> StoredMessage | None:
         """:meth:`Silo.get`."""
-        return await asyncio.to_thread(self.silo.get, mid)
+        return await self._run(self.silo.get, mid)
 
     async def delete(self, mid: int) -> bool:
         """:meth:`Silo.delete`."""
-        return await asyncio.to_thread(self.silo.delete, mid)
+        return await self._run(self.silo.delete, mid)
 
     async def purge(self, aor: str) -> int:
         """:meth:`Silo.purge`."""
-        return await asyncio.to_thread(self.silo.purge, aor)
+        return await self._run(self.silo.purge, aor)
 
     async def purge_expired(self, now: float | None = None) -> int:
         """:meth:`Silo.purge_expired`."""
-        return await asyncio.to_thread(self.silo.purge_expired, now)
+        return await self._run(self.silo.purge_expired, now)
 
     async def totals(self) -> StoreTotals | None:
         """:meth:`Silo.totals`."""
-        return await asyncio.to_thread(self.silo.totals)
+        return await self._run(self.silo.totals)
 
     async def close(self) -> None:
         """Close the driver."""
-        await asyncio.to_thread(self.silo.close)
+        await self._run(self.silo.close)
 
     async def __aenter__(self) -> AsyncSilo:
         return self

@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 __all__ = ["AsyncGroupCommit", "GroupCommit"]
@@ -158,8 +158,9 @@ if hasattr(os, "register_at_fork"):
 
 class AsyncGroupCommit(Generic[I, R]):
     """The same for asyncio tasks of one event loop: :meth:`submit` awaits its item's result;
-    each batch is flushed in a worker thread (``asyncio.to_thread``), so many tasks' steps need
-    one thread per flush instead of one each. Not thread-safe: use it from its loop only."""
+    each batch is flushed by ``run`` (default: in a worker thread, ``asyncio.to_thread``; a
+    native asyncio driver's runner flushes on the loop), so many tasks' steps need one call per
+    flush instead of one each. Not thread-safe: use it from its loop only."""
 
     def __init__(
         self,
@@ -167,10 +168,12 @@ class AsyncGroupCommit(Generic[I, R]):
         *,
         max_batch: int = 64,
         flushers: int = 1,
+        run: Callable[..., Awaitable[Any]] = asyncio.to_thread,
     ) -> None:
         if max_batch < 1 or flushers < 1:
             raise ValueError("max_batch and flushers must be >= 1")
         self._flush = flush
+        self._run = run
         self._max_batch = max_batch
         self._flushers = flushers
         self._queue: deque[tuple[I, asyncio.Future[R]]] = deque()
@@ -197,7 +200,7 @@ class AsyncGroupCommit(Generic[I, R]):
                 batch = [self._queue.popleft() for _ in range(count)]
                 results: Sequence[object]
                 try:
-                    results = await asyncio.to_thread(self._flush, [item for item, _ in batch])
+                    results = await self._run(self._flush, [item for item, _ in batch])
                     if len(results) != len(batch):
                         raise RuntimeError(f"flush returned {len(results)} results for {count}")
                 except Exception as exc:

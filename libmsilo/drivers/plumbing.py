@@ -94,14 +94,16 @@ class ErrorTable:
         return exc
 
 
-def _backoff(attempt: int) -> None:
-    time.sleep(random.uniform(0.001, 0.005) * 2**attempt)
+def _pause(attempt: int) -> float:
+    return random.uniform(0.001, 0.005) * float(2**attempt)
 
 
 class DriverBase:
     """The plumbing of a driver: :meth:`_step` runs one storage step under its error table."""
 
     errors: ErrorTable = ErrorTable("storage")
+    #: How a retry back-off waits (a driver on an asyncio client sleeps on its loop).
+    _sleep: Callable[[float], None] = staticmethod(time.sleep)
 
     def _translate(self, exc: BaseException, context: object = None) -> BaseException:
         """The libmsilo error for ``exc``; ``context`` is what a driver knows of the failed step
@@ -121,7 +123,7 @@ class DriverBase:
                 # A step may translate its own failure (``raise error from exc``).
                 cause = exc.__cause__ if error is exc and exc.__cause__ is not None else exc
                 if attempt + 1 < table.tries and table.retryable(cause):
-                    _backoff(attempt)
+                    self._sleep(_pause(attempt))
                     continue
                 if error is exc:
                     raise

@@ -39,7 +39,7 @@ import logging
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -58,7 +58,10 @@ from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
 from .schema_version import SCHEMA_VERSION, check_version
 from .schemes import scheme_of
 
-__all__ = ["BUCKETS", "GROUPS", "RedisDriver", "open_redis", "owner_group"]
+if TYPE_CHECKING:
+    from .aio import BridgedDriver
+
+__all__ = ["BUCKETS", "GROUPS", "RedisDriver", "open_redis", "open_redis_async", "owner_group"]
 
 log = logging.getLogger("libmsilo")
 
@@ -741,9 +744,7 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
     the wait for one of the ``options.pool_size`` connections (standalone Redis; a cluster
     client keeps redis-py's own pool per node).
     """
-    wait = WaitPolicy(options.wait_replicas, options.wait_timeout, options.wait_aof)
-    # A reply may take the wait on top of the step: the socket must not give up first.
-    timeout = options.timeout + (wait.timeout if wait.enabled else 0.0)
+    wait, timeout = _bounds(options)
     scheme = scheme_of(url, "redis")
     connect: Callable[[], Client]
     if scheme.backend == "redis+cluster":
@@ -759,23 +760,67 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
             )
 
     else:
-        try:
-            urlsplit(url).port  # noqa: B018 - validates the port now, not on first use
-        except ValueError as exc:
-            raise SettingsError(f"db_url: {exc}") from exc
+        _check_port(url)
 
         def connect() -> Client:
-            # At most pool_size connections; a caller waits for a free one at most the timeout.
-            pool = redis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=options.pool_size,
-                timeout=options.timeout,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                # One quick retry for a pooled connection the server has closed; scripts are
-                # safe to repeat (an insert recognises its own id).
-                retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
+            return redis.Redis(
+                connection_pool=_standalone_pool(redis, Retry, url, options, timeout)
             )
-            return redis.Redis(connection_pool=pool)
 
     return RedisDriver(connect, layout, wait=wait, where=mask_url(url))
+
+
+def _bounds(options: DriverOptions) -> tuple[WaitPolicy, float]:
+    """The durability wait of ``options`` and the socket timeout that allows for it."""
+    wait = WaitPolicy(options.wait_replicas, options.wait_timeout, options.wait_aof)
+    # A reply may take the wait on top of the step: the socket must not give up first.
+    return wait, options.timeout + (wait.timeout if wait.enabled else 0.0)
+
+
+def _check_port(url: str) -> None:
+    """Validate the URL's port now, not on first use."""
+    try:
+        urlsplit(url).port  # noqa: B018
+    except ValueError as exc:
+        raise SettingsError(f"db_url: {exc}") from exc
+
+
+def _standalone_pool(
+    client: Any, retry: Any, url: str, options: DriverOptions, timeout: float
+) -> Any:
+    """The connection pool of ``client`` (``redis`` or ``redis.asyncio``) for standalone
+    Redis: at most ``pool_size`` connections, a caller waits for a free one at most the
+    timeout; one quick retry (``retry``: the module's ``Retry``) for a pooled connection the
+    server has closed (scripts are safe to repeat: an insert recognises its own id)."""
+    return client.BlockingConnectionPool.from_url(
+        url,
+        max_connections=options.pool_size,
+        timeout=options.timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
+    )
+
+
+async def open_redis_async(url: str, layout: StoreLayout, options: DriverOptions) -> BridgedDriver:
+    """The Redis driver on ``redis.asyncio`` for ``redis://`` and ``rediss://`` URLs: the same
+    steps and scripts, run on the event loop (see :mod:`.aio_bridge`); connected here."""
+    import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    from .aio import BridgedDriver
+    from .aio_bridge import AsyncFace, BridgeLock, sleep
+
+    wait, timeout = _bounds(options)
+    if scheme_of(url, "redis").backend == "redis+cluster":
+        raise SettingsError("db_url: Redis Cluster has no native asyncio driver here")
+    _check_port(url)
+
+    def connect() -> Client:
+        pool = _standalone_pool(aredis, AsyncRetry, url, options, timeout)
+        return cast(Client, AsyncFace(aredis.Redis.from_pool(pool)))
+
+    driver = RedisDriver(connect, layout, wait=wait, where=mask_url(url))
+    driver._lock = BridgeLock()  # type: ignore[assignment]
+    driver._sleep = sleep
+    return BridgedDriver(driver)

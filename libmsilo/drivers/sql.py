@@ -234,17 +234,22 @@ class SqlDriver(DriverBase):
         """Compile the statements (the dialect knows the server once connected) and read the
         table's column limits."""
         with self._prepare_lock:
-            if self._ops is None:
-                # The first connection initializes the dialect (server version, features).
-                packet, step = self._run(self._mysql_session)
-                self._ops = SqlOps(
-                    self._table, self._dialect, self._timeout, max_packet=packet, id_step=step
-                )
+            self._compile()
             if self._limits is None:
                 with self._schema_conn() as sa_conn:
                     check_schema(sa_conn, self.layout)
                     self._limits = reflect_limits(sa_conn, self.layout)
-            return self._ops
+            return self._compile()
+
+    def _compile(self) -> SqlOps:
+        """The statements, compiled once the first connection initialized the dialect (server
+        version, features)."""
+        if self._ops is None:
+            packet, step = self._run(self._mysql_session)
+            self._ops = SqlOps(
+                self._table, self._dialect, self._timeout, max_packet=packet, id_step=step
+            )
+        return self._ops
 
     def _mysql_session(self, conn: PooledConnection) -> tuple[int | None, int | None]:
         """MySQL's ``max_allowed_packet`` for this session (read-only per session on MariaDB,

@@ -1,0 +1,221 @@
+"""The asyncio drivers: the conformance suite on the native PostgreSQL (psycopg
+``AsyncConnection``) and Redis (``redis.asyncio``) drivers and on the thread adapter, and
+``AsyncSilo`` on the native drivers without one blocking call on the event loop (the loop's
+slow-callback detection in debug mode, and no worker thread used)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from libmsilo import AsyncSilo, ReplyOutcome
+from libmsilo.drivers import Driver, DriverOptions, StoreLayout
+from libmsilo.drivers.aio import (
+    AsyncDriver,
+    BridgedDriver,
+    ThreadedDriver,
+    has_native_driver,
+    open_async_driver,
+)
+from libmsilo.errors import SettingsError
+from libmsilo.testing import DriverConformance, unique_table
+from tests.backends import backend_url
+from tests.helpers import T0, Clock, message, register, settings
+
+T = TypeVar("T")
+
+#: The loop reports a callback (a task step) running longer than this: a blocking call.
+SLOW = 0.05
+
+
+class LoopThread:
+    """An event loop running in a thread of its own, for tests written as blocking code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+class BlockingFace:
+    """The :class:`Driver` face of an :class:`AsyncDriver`: each call is a task on the loop
+    (calls from several threads are concurrent tasks there)."""
+
+    def __init__(self, driver: AsyncDriver, loop: LoopThread) -> None:
+        self._driver = driver
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method: Callable[..., Awaitable[Any]] = getattr(self._driver, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            async def step() -> Any:
+                return await method(*args, **kwargs)
+
+            return self._loop.call(step())
+
+        return call
+
+
+def _conformant(url: str, native: bool) -> Iterator[Driver]:
+    loop = LoopThread()
+    layout = StoreLayout(table=unique_table("silo_"))
+    driver = loop.call(open_async_driver(url, layout, DriverOptions(timeout=10), native=native))
+    assert isinstance(driver, BridgedDriver if native else ThreadedDriver)
+    face = BlockingFace(driver, loop)
+    face.create_schema()
+    try:
+        yield face  # type: ignore[misc]
+    finally:
+        face.drop_schema()
+        face.close()
+        loop.stop()
+
+
+class TestNativePostgres(DriverConformance):
+    @pytest.fixture
+    def driver(self) -> Iterator[Driver]:
+        yield from _conformant(backend_url("postgresql"), native=True)
+
+
+class TestNativeRedis(DriverConformance):
+    @pytest.fixture
+    def driver(self) -> Iterator[Driver]:
+        yield from _conformant(backend_url("redis"), native=True)
+
+
+class TestThreadedSqlite(DriverConformance):
+    @pytest.fixture
+    def driver(self, tmp_path: Path) -> Iterator[Driver]:
+        yield from _conformant(f"sqlite:///{tmp_path / 'a.db'}", native=False)
+
+
+# ---- AsyncSilo on the native drivers -----------------------------------------------------------
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, counting the calls sent to worker threads."""
+
+    submitted = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def _delivery_round(silo: AsyncSilo, clock: Clock) -> None:
+    """Stores (concurrent), a dump, replies, reminders and the inbox API, checked."""
+    results = await asyncio.gather(*(silo.store(message(body=b"%d" % i)) for i in range(20)))
+    assert all(r.stored for r in results)
+    await silo.store(message(to="sip:carol@example.com"), send_at=T0 + 5)
+    assert await silo.count("sip:alice@example.com") == 20
+    out = await silo.dump(register())
+    assert sorted(m.mid for m in out) == sorted(r.mid for r in results if r.mid is not None)
+    first, second, *rest = out
+    assert await silo.on_reply(first.mid, 200, token=first.lease_token) is ReplyOutcome.DELIVERED
+    assert await silo.send_failed(second) is ReplyOutcome.RETRY
+    replies = [(m.mid, 200, m.lease_token) for m in rest]
+    assert set(await silo.on_replies(replies)) == {ReplyOutcome.DELIVERED}
+    reminders: list[Any] = []
+    for _ in range(3):  # the reminder sweep is due once a second (send_time)
+        clock.advance(5)
+        reminders += await silo.tick()
+    [reminder] = reminders
+    assert reminder.mid is not None
+    assert await silo.on_reply(reminder.mid, 200) is ReplyOutcome.DELIVERED
+    assert [m.mid for m in await silo.list("sip:alice@example.com")] == [second.mid]
+    totals = await silo.totals()
+    assert totals is not None and totals.stored == 1
+    assert await silo.purge("sip:alice@example.com") == 1
+    assert await silo.purge_expired() == 0
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_async_silo_never_blocks_the_loop(kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    url = backend_url(kind)
+    clock = Clock(T0)
+    executor = CountingExecutor(max_workers=2)
+    warmed: list[int] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(executor)
+        loop.slow_callback_duration = SLOW
+        silo = await AsyncSilo.from_settings(
+            settings(
+                db_url=url,
+                db_table=unique_table("silo_"),
+                reminder="sip:r@example.com",
+                send_time=1,
+            ),
+            clock=clock,
+        )
+        assert silo.native and silo.settings.group_commit
+        try:
+            await silo.count("sip:nobody@example.com")  # the first step reads the table's shape
+            warmed.append(executor.submitted)
+            caplog.clear()  # opening may import modules and connect: not part of the steps
+            await _delivery_round(silo, clock)
+            assert executor.submitted == warmed[0], "a step ran in a worker thread"
+            batches = silo._inserts  # the loop's group commit served the concurrent stores
+            assert batches.items == 21 and batches.batches < batches.items
+        finally:
+            await silo.async_driver.drop_schema()
+            await silo.close()
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio.run(scenario(), debug=True)
+    slow = [r.getMessage() for r in caplog.records if r.name == "asyncio" and " took " in r.msg]
+    assert not slow, slow
+
+
+def test_the_slow_callback_check_sees_a_blocking_call(caplog: pytest.LogCaptureFixture) -> None:
+    """The check above can fail: a blocking call in a task is reported."""
+
+    async def blocking() -> None:
+        asyncio.get_running_loop().slow_callback_duration = SLOW
+        time.sleep(SLOW * 3)
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio.run(blocking(), debug=True)
+    assert any(r.name == "asyncio" and " took " in r.msg for r in caplog.records)
+
+
+def test_native_is_chosen_by_url_and_can_be_declined(tmp_path: Path) -> None:
+    pg = backend_url("postgresql")
+    assert has_native_driver(pg) and has_native_driver("redis://127.0.0.1:6379/0")
+    assert not has_native_driver(f"sqlite:///{tmp_path / 'a.db'}")
+    assert not has_native_driver("redis+cluster://127.0.0.1:7000")
+
+    async def scenario() -> None:
+        declined = await AsyncSilo.from_settings(
+            settings(db_url=pg, db_table=unique_table("silo_")), native=False
+        )
+        assert not declined.native
+        assert (await declined.store(message())).stored
+        await declined.async_driver.drop_schema()
+        await declined.close()
+        lite = await AsyncSilo.from_settings(settings(db_url=f"sqlite:///{tmp_path / 'a.db'}"))
+        assert not lite.native
+        await lite.close()
+        with pytest.raises(SettingsError):
+            await open_async_driver(f"sqlite:///{tmp_path / 'b.db'}", native=True)
+
+    asyncio.run(scenario())
