@@ -15,7 +15,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -28,6 +28,7 @@ from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
+    BulkWriteError,
     ConfigurationError,
     ConnectionFailure,
     DuplicateKeyError,
@@ -36,10 +37,10 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from ..errors import SettingsError, StorageError, StorageUnavailable
-from . import DriverOptions
+from ..errors import MsiloError, SettingsError, StorageError, StorageUnavailable
+from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
-from .plumbing import DriverBase, ErrorTable, storage_step
+from .plumbing import DriverBase, ErrorTable, check_ints, check_message, storage_step
 from .schema_version import SCHEMA_VERSION, check_version
 from .schemes import scheme_of
 
@@ -322,12 +323,86 @@ class MongoDriver(DriverBase):
             self._give_back(owner, epoch, 1)
             raise
 
-    def _next_mid(self) -> int:
+    def insert_many(
+        self, msgs: Sequence[NewMessage], max_messages: int = 0
+    ) -> list[int | MsiloError | None]:
+        """Store ``msgs``: each takes its quota slot as :meth:`insert` does, then one ``$inc``
+        takes the ids of all and one unordered ``insert_many`` writes them. A row the server
+        refuses gets its own error and gives its slot back; one whose id was taken meanwhile
+        (a reseeded sequence) is inserted alone."""
+        check_ints(max_messages=max_messages)
+        if len(msgs) <= 1:
+            return batch.insert_each(self, msgs, max_messages)
+        results: list[int | MsiloError | None] = [None] * len(msgs)
+        todo: list[int] = []
+        for i, msg in enumerate(msgs):
+            try:
+                check_message(msg)
+                todo.append(i)
+            except MsiloError as exc:
+                results[i] = exc
+        if todo:
+            done = self._step(lambda: self._insert_batch([msgs[i] for i in todo], max_messages))
+            for i, result in zip(todo, done, strict=True):
+                results[i] = result
+        return results
+
+    def _insert_batch(
+        self, msgs: Sequence[NewMessage], max_messages: int
+    ) -> list[int | MsiloError | None]:
+        results: list[int | MsiloError | None] = [None] * len(msgs)
+        taken: list[tuple[int, Doc, Doc, str]] = []  # (index, document, owner, epoch)
+        for i, msg in enumerate(msgs):
+            try:
+                doc = self._document(msg)
+            except MsiloError as exc:
+                results[i] = exc
+                continue
+            owner = self._owner(msg.username, msg.domain)
+            epoch = self._reserve(owner, max_messages, msg.inc_time)
+            if epoch is not None:
+                taken.append((i, doc, owner, epoch))
+        if not taken:
+            return results
+        last = self._next_mid(len(taken))
+        rows = [
+            {"_id": Int64(last - len(taken) + 1 + n), **doc}
+            for n, (_, doc, _, _) in enumerate(taken)
+        ]
+        refused: set[int] = set()
+        try:
+            self._rows.insert_many(rows, ordered=False)
+        except BulkWriteError as exc:
+            refused = {int(error["index"]) for error in exc.details.get("writeErrors", [])}
+        except ConnectionFailure:
+            raise  # the rows may have landed: their slots stay taken until the re-sync
+        except Exception:
+            # Refused before or while sending (an encoder error): see which rows landed.
+            ids = [row["_id"] for row in rows]
+            found = self._rows.find({"_id": {"$in": ids}}, {"_id": True})
+            present = {int(d["_id"]) for d in found}
+            refused = {n for n, row in enumerate(rows) if int(row["_id"]) not in present}
+        for n, (i, doc, owner, epoch) in enumerate(taken):
+            if n not in refused:
+                results[i] = int(rows[n]["_id"])
+                continue
+            try:
+                results[i] = self._insert_row(doc)  # a duplicate id: a fresh one, alone
+            except ConnectionFailure:
+                raise
+            except Exception as exc:
+                self._give_back(owner, epoch, 1)
+                error = self._translate(exc)
+                results[i] = error if isinstance(error, MsiloError) else StorageError(str(exc))
+        return results
+
+    def _next_mid(self, count: int = 1) -> int:
+        """Take ``count`` ids from the sequence; the last of them."""
         for _ in range(2):
             try:
                 seq = self._counters.find_one_and_update(
                     {"_id": _SEQUENCE_ID},
-                    {"$inc": {"seq": Int64(1)}},
+                    {"$inc": {"seq": Int64(count)}},
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
                 )
