@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..errors import MsiloError, SettingsError
@@ -276,10 +276,12 @@ async def open_async_driver(
         raise SettingsError(f"db_url: no native asyncio driver for {url_scheme(url)!r} URLs")
     if not native:
         return ThreadedDriver(await asyncio.to_thread(open_driver, url, layout, options))
-    if url_scheme(url).startswith("redis"):
-        from .redis import open_redis_async
-
-        return await open_redis_async(url, layout, options)
-    from .sql_aio import open_postgres_async
-
-    return await open_postgres_async(url, layout, options)
+    # Importing a client library takes a while: in a worker thread, not on the loop.
+    redis = url_scheme(url).startswith("redis")
+    names = ["redis.asyncio", ".redis"] if redis else ["psycopg", ".sql_aio"]
+    modules = await asyncio.to_thread(
+        lambda: [importlib.import_module(n, __package__) for n in names]
+    )
+    opener: Callable[[str, StoreLayout, DriverOptions], Awaitable[BridgedDriver]]
+    opener = modules[1].open_redis_async if redis else modules[1].open_postgres_async
+    return await opener(url, layout, options)
