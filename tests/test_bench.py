@@ -200,7 +200,8 @@ def test_bench_concurrency_measures_every_path(kind: str, tmp_path: Path) -> Non
     ((backend,),) = [json.loads(out_json.read_text())]
     assert backend["latency_error"] is None and backend["latency_p99_ms"] > 0
     paths = {p["path"]: p for p in backend["paths"]}
-    assert set(paths) == {"group", "unbatched", "asyncio", "raw", "single", "raw-single"}
+    aio = "asyncio" if kind == "sqlite" else "asyncio-native"
+    assert set(paths) == {"group", "unbatched", aio, "raw", "single", "raw-single"}
     for p in paths.values():
         assert p["error"] is None, p
         assert p["stores"] == (5 if p["producers"] == 1 else 20)

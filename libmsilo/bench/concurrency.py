@@ -5,7 +5,8 @@ Per backend, in one run, each path stores the same requests with N producers and
 
 - ``group``: :class:`~libmsilo.Silo` threads with group commit (the default);
 - ``unbatched``: the same with ``group_commit`` off (one transaction / round trip per call);
-- ``asyncio``: :class:`~libmsilo.AsyncSilo` tasks (a worker thread per producer);
+- ``asyncio``: :class:`~libmsilo.AsyncSilo` tasks, on the native asyncio driver where there is
+  one (reported as ``asyncio-native``);
 - ``raw``: the hand-written baseline (:mod:`.raw`), one bare connection per producer thread;
 - ``single``: one producer through ``Silo`` and ``raw-single`` through the raw baseline.
 
@@ -20,14 +21,13 @@ import asyncio
 import statistics
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..aio import AsyncSilo
-from ..core import ReplyOutcome
 from ..masking import mask_url
 from ..message import SipRequest
 from ..settings import MsiloSettings
@@ -180,13 +180,7 @@ def _silo_path(config: ConcurrencyConfig, path: str, producers: int) -> PathResu
             for mid, token in replies[i]:
                 silo.on_reply(mid, 200, token=token)
 
-        if path == "asyncio":
-            store_s, got = _async_phase(silo, shares, _store)
-            mids.extend(got)
-            dump()
-            ack_s, _ = _async_phase(silo, replies, _ack)
-        else:
-            store_s, ack_s = _phased(producers, [store, ack], between=dump)
+        store_s, ack_s = _phased(producers, [store, ack], between=dump)
         if silo.stats.dumped_messages != count:
             raise RuntimeError(f"{path}: {silo.stats.dumped_messages} of {count} acks deleted")
         result.stores = count
@@ -197,35 +191,51 @@ def _silo_path(config: ConcurrencyConfig, path: str, producers: int) -> PathResu
     return result
 
 
-def _async_phase(
-    silo: Silo, shares: Sequence[Sequence[Any]], op: Callable[[AsyncSilo, Any], Awaitable[Any]]
-) -> tuple[float, list[Any]]:
-    """``op(aio, item)`` for every item, one asyncio task per share; the wall time and the
-    results. The loop gets a worker thread per task, so the tasks' storage calls overlap."""
+def _async_path(config: ConcurrencyConfig, producers: int) -> PathResult:
+    """Store and ack through :class:`AsyncSilo` tasks, one per producer, on its native asyncio
+    driver where there is one (PostgreSQL, Redis), else the driver in worker threads."""
+    result = PathResult("asyncio", producers)
+    count = producers * config.per_producer
+    shares = _split(wl.store_requests(count, config.owners), producers)
 
-    async def main() -> tuple[float, list[Any]]:
+    async def main() -> tuple[float, float]:
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=len(shares)))
-        aio = AsyncSilo(silo)
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=producers))
+        aio = await AsyncSilo.from_settings(_settings(config.url, True, producers))
+        try:
+            if aio.native:
+                result.path = "asyncio-native"
 
-        async def producer(share: Sequence[Any]) -> list[Any]:
-            return [await op(aio, item) for item in share]
+            async def store(share: Sequence[SipRequest]) -> list[int | None]:
+                return [(await aio.store(r, notify=False)).mid for r in share]
 
-        start = time.perf_counter()
-        parts = await asyncio.wait_for(
-            asyncio.gather(*(producer(s) for s in shares)), timeout=_TIME_CAP
-        )
-        return time.perf_counter() - start, [r for part in parts for r in part]
+            start = time.perf_counter()
+            parts = await asyncio.wait_for(asyncio.gather(*map(store, shares)), _TIME_CAP)
+            store_s = time.perf_counter() - start
+            if sum(1 for part in parts for mid in part if mid is not None) != count:
+                raise RuntimeError(f"asyncio: {count} stores did not all store")
+            owners = [f"sip:store{k}@{wl.DOMAIN}" for k in range(min(config.owners, count))]
+            dumped = [m for owner in owners for m in await aio.dump(owner=owner)]
+            replies = _split([(m.mid, m.lease_token) for m in dumped], producers)
 
-    return asyncio.run(main())
+            async def ack(share: Sequence[tuple[int, str]]) -> None:
+                for mid, token in share:
+                    await aio.on_reply(mid, 200, token=token)
 
+            start = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*map(ack, replies)), _TIME_CAP)
+            ack_s = time.perf_counter() - start
+            if aio.stats.dumped_messages != count:
+                raise RuntimeError(f"asyncio: {aio.stats.dumped_messages} of {count} acks")
+            return store_s, ack_s
+        finally:
+            await aio.async_driver.drop_schema()
+            await aio.close()
 
-async def _store(aio: AsyncSilo, request: SipRequest) -> int | None:
-    return (await aio.store(request, notify=False)).mid
-
-
-async def _ack(aio: AsyncSilo, reply: tuple[int, str]) -> ReplyOutcome:
-    return await aio.on_reply(reply[0], 200, token=reply[1])
+    store_s, ack_s = asyncio.run(main())
+    result.stores = count
+    result.store_rate, result.ack_rate = count / store_s, count / ack_s
+    return result
 
 
 def _raw_path(config: ConcurrencyConfig, path: str, producers: int) -> PathResult:
@@ -315,6 +325,8 @@ def run_concurrency(
         try:
             if path.startswith("raw"):
                 result.paths.append(_raw_path(config, path, producers))
+            elif path == "asyncio":
+                result.paths.append(_async_path(config, producers))
             else:
                 result.paths.append(_silo_path(config, path, producers))
         except Exception as exc:  # reported in the table; the other paths still run
