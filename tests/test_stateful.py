@@ -1,6 +1,7 @@
 """Random sequences of everything a host does, on every backend, beside a plain model (issue 9).
 
-Two ``Silo`` instances (two servers) share one store and one clock. The rules store (quota,
+Two servers share one store and one clock: a ``Silo`` and an ``AsyncSilo`` (its coroutines
+awaited one by one), so both facades answer every rule. The rules store (quota,
 per-call quota and lifetime, reminders, Expires), dump (re-registrations with several contacts,
 paging), answer deliveries 1xx-6xx with and without the lease token (tokenless replies go to the
 server that sent the message, within Timer F after its lease, as a host without tokens sees
@@ -18,10 +19,13 @@ about two minutes in all); ``MSILO_TEST_STATEFUL_STEPS`` the steps per example (
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -34,7 +38,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from libmsilo import OutgoingMessage, ReplyOutcome, Silo, StoreStatus
+from libmsilo import AsyncSilo, OutgoingMessage, ReplyOutcome, Silo, StoreStatus
 from libmsilo.core.policy import TRANSACTION_TIMEOUT
 from tests.backends import BEHAVIOUR_BACKENDS, DriverPool
 from tests.helpers import T0, Clock, message, register
@@ -87,6 +91,28 @@ class Delivery:
         return self.msg.lease_token
 
 
+class Awaited:
+    """An AsyncSilo called from synchronous code: each coroutine runs to its end on a private
+    event loop, so the machine drives both facades with the same calls."""
+
+    def __init__(self, silo: AsyncSilo) -> None:
+        self._silo = silo
+        self._loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._silo, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run_until_complete(attr(*args, **kwargs))
+
+        return run
+
+    def close(self) -> None:
+        self._loop.close()
+
+
 class SiloMachine(RuleBasedStateMachine):
     """The system under test and its model; ``pool`` is set per backend."""
 
@@ -97,7 +123,9 @@ class SiloMachine(RuleBasedStateMachine):
         self.clock = Clock(T0)
         driver = self.pool()
         cfg = msilo_settings(**SETTINGS)
-        self.silos = [Silo(driver, cfg, clock=self.clock), Silo(driver, cfg, clock=self.clock)]
+        # Server 0 is a Silo; server 1 an AsyncSilo, its calls awaited one at a time.
+        self.server1 = Awaited(AsyncSilo(Silo(driver, cfg, clock=self.clock)))
+        self.silos: list[Any] = [Silo(driver, cfg, clock=self.clock), self.server1]
         self.rows: dict[int, Row] = {}
         self.used_mids: set[int] = set()
         self.delivered: set[int] = set()
@@ -106,6 +134,7 @@ class SiloMachine(RuleBasedStateMachine):
         self.next_reminders: list[int | None] = [None, None]
 
     def teardown(self) -> None:
+        self.server1.close()
         self.pool.release()
 
     @property
