@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from libmsilo import InvalidRequest, MsiloSettings, Silo, SipRequest
 from libmsilo.core import header_pairs, kamailio_ctype
@@ -185,3 +186,24 @@ def test_settings_read_kamailio_parameters() -> None:
 def test_skip_notification_flag_is_a_flag_index(flag: int) -> None:
     with pytest.raises(Exception, match="skip_notification_flag"):
         MsiloSettings(skip_notification_flag=flag)
+
+
+def test_the_sql_driver_reads_extra_headers_kamailio_wrote(tmp_path: Path) -> None:
+    # Kamailio's msilo writes extra_hdrs as a BLOB (SQLite) or, on PostgreSQL, as the bytea hex
+    # form of the bytes in a text column; libmsilo reads both back as the header text.
+    lines = "P-Asserted-Identity: <sip:alice@example.org>\r\n"
+    with _silo(tmp_path, profile="kamailio") as silo:
+        blob = silo.store(_message(), notify=False).mid
+        hexed = silo.store(_message(), notify=False).mid
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'k.db'}")
+        with engine.begin() as conn:
+            update = sa.text("UPDATE silo SET extra_hdrs = :v WHERE id = :id")
+            conn.execute(update, {"v": lines.encode(), "id": blob})
+            conn.execute(update, {"v": "\\x" + lines.encode().hex(), "id": hexed})
+        engine.dispose()
+        for mid in (blob, hexed):
+            row = silo.get(mid)  # type: ignore[arg-type]
+            assert row is not None and row.extra_hdrs == lines
+        (first, second) = silo.dump(REGISTER)
+    assert ("P-Asserted-Identity", "<sip:alice@example.org>") in first.headers
+    assert ("P-Asserted-Identity", "<sip:alice@example.org>") in second.headers

@@ -9,13 +9,18 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from libmsilo import MsiloSettings, Silo
+from libmsilo.drivers.sql_ops import _text_column
+from tests.backends import backend_url
 from tests.kamailio_harness import (
     EXAMPLE,
     Kamailio,
@@ -47,11 +52,39 @@ _DATE_IN_BODY = re.compile(
 _ADDRESS = re.compile(r"127\.0\.0\.1:(\d+)")
 
 
-def _schema(path: Path) -> None:
-    """A database as Kamailio's tools create it: the version table and silo (version 8)."""
-    with sqlite3.connect(path) as db:
-        db.executescript((KAMAILIO_SQL / "standard-create.sql").read_text())
-        db.executescript((KAMAILIO_SQL / "msilo-create.sql").read_text())
+@dataclass(frozen=True)
+class Store:
+    """One database for both implementations: its SQLAlchemy URL and Kamailio's db_url."""
+
+    url: str
+    kamailio_url: str
+    defines: dict[str, str]
+
+    def reset(self) -> None:
+        """Kamailio's own tables, as its tools create them: version and silo (version 8)."""
+        if self.url.startswith("sqlite"):
+            with sqlite3.connect(self.url.removeprefix("sqlite:///")) as db:
+                for part in ("standard", "msilo"):
+                    db.executescript((KAMAILIO_SQL / f"{part}-create.sql").read_text())
+            return
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text("DROP TABLE IF EXISTS silo, version, msilo_version"))
+                for part in ("standard", "msilo"):
+                    sql = (KAMAILIO_SQL.parent / "postgres" / f"{part}-create.sql").read_text()
+                    conn.exec_driver_sql(sql)
+        finally:
+            engine.dispose()
+
+
+def _store(kind: str, workdir: Path) -> Store:
+    if kind == "sqlite":
+        db = workdir / "silo.db"  # db_sqlite: sqlite:// + absolute path
+        return Store(f"sqlite:///{db}", f"sqlite:///{db}", {})
+    url = backend_url("postgresql")
+    kamailio_url = re.sub(r"^postgresql(\+psycopg)?://", "postgres://", url)
+    return Store(url, kamailio_url, {"WITH_POSTGRES": "1"})
 
 
 def _ports(text: str, proxy: str) -> str:
@@ -88,33 +121,34 @@ class Observed:
     retried: dict[str, Any] = field(default_factory=dict)
 
 
-def _rows(db: Path, user: str, proxy: str = "") -> list[dict[str, Any]]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = lambda cursor, row: {
-            d[0]: value for d, value in zip(cursor.description, row, strict=True)
-        }
-        found = conn.execute(
-            f"SELECT {', '.join(ROW_COLUMNS)}, exp_time - inc_time AS lifetime "
-            "FROM silo WHERE username = ?",
-            (user,),
-        ).fetchall()
-    # Kamailio writes extra_hdrs as a BLOB, libmsilo as text: compared as text.
+def _rows(store: Store, user: str, proxy: str = "") -> list[dict[str, Any]]:
+    query = sa.text(
+        f"SELECT {', '.join(ROW_COLUMNS)}, exp_time - inc_time AS lifetime "
+        "FROM silo WHERE username = :user"
+    )
+    engine = sa.create_engine(store.url)
+    try:
+        with engine.connect() as conn:
+            found = [dict(r._mapping) for r in conn.execute(query, {"user": user})]
+    finally:
+        engine.dispose()
     for r in found:
-        if isinstance(r["extra_hdrs"], bytes):
-            r["extra_hdrs"] = r["extra_hdrs"].decode()
+        r["body"] = bytes(r["body"])
+        # Kamailio writes extra_hdrs as a BLOB (SQLite) or in bytea hex form (PostgreSQL, a text
+        # column), libmsilo as text; libmsilo's driver reads all three (docs/kamailio.md).
+        r["extra_hdrs"] = _text_column(r["extra_hdrs"])
     return [{k: _ports(v, proxy) if isinstance(v, str) else v for k, v in r.items()} for r in found]
 
 
-def _run(net: Net, workdir: Path, implementation: str) -> Observed:
-    db = workdir / "silo.db"
-    _schema(db)
+def _run(net: Net, workdir: Path, implementation: str, store: Store) -> Observed:
+    store.reset()
     port = net.port()
     env = dict(os.environ)
     if implementation == "msilo":
         cfg = HERE / "kamailio" / "msilo_native.cfg"
-        defines = {"DB_URL": f'"sqlite:///{db}"'}  # db_sqlite: sqlite:// + absolute path
+        defines = {"DB_URL": f'"{store.kamailio_url}"', **store.defines}
     else:
-        url = f"sqlite:///{db}"
+        url = store.url
         settings = MsiloSettings(db_url=url, profile="kamailio")
         with Silo.from_settings(settings, create_schema=False) as silo:
             silo.driver.migrate()
@@ -133,18 +167,18 @@ def _run(net: Net, workdir: Path, implementation: str) -> Observed:
     kamailio = Kamailio(net, workdir, cfg, env, defines=defines, port=port)
     kamailio.start()
     try:
-        return _scenarios(Sipp(net, workdir, kamailio.address), kamailio.address, db)
+        return _scenarios(Sipp(net, workdir, kamailio.address), kamailio.address, store)
     finally:
         kamailio.stop()
         errors = kamailio.errors()
         assert not errors, errors
 
 
-def _gone(db: Path, user: str) -> bool | None:
-    return True if not _rows(db, user) else None
+def _gone(store: Store, user: str) -> bool | None:
+    return True if not _rows(store, user) else None
 
 
-def _scenarios(sipp: Sipp, domain: str, db: Path) -> Observed:
+def _scenarios(sipp: Sipp, domain: str, db: Store) -> Observed:
     seen = Observed()
     with sipp.server("uas_200.xml", calls=1) as alice:
         seen.codes.append(sipp.message("bob", domain, "hello bob", alice.contact("alice")))
@@ -173,17 +207,30 @@ def _scenarios(sipp: Sipp, domain: str, db: Path) -> Observed:
     return seen
 
 
-@pytest.fixture(scope="module")
-def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Observed]:
-    require_tools("app_python3", "msilo", "db_sqlite", "tm", "uac", "rtimer", "registrar")
-    if not (KAMAILIO_SQL / "msilo-create.sql").exists():
-        pytest.fail(f"{KAMAILIO_SQL} has no msilo-create.sql (kamailio-sqlite-modules)")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def observed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Observed]]:
+    kind: str = request.param
+    module = "db_sqlite" if kind == "sqlite" else "db_postgres"
+    require_tools("app_python3", "msilo", module, "tm", "uac", "rtimer", "registrar")
+    schema = KAMAILIO_SQL.parent / ("db_sqlite" if kind == "sqlite" else "postgres")
+    if not (schema / "msilo-create.sql").exists():
+        pytest.fail(f"{schema} has no msilo-create.sql (kamailio-{kind}-modules)")
     results = {}
     for implementation in ("msilo", "libmsilo"):
-        workdir = tmp_path_factory.mktemp(implementation)
-        with network() as net:
-            results[implementation] = _run(net, workdir, implementation)
-    return results
+        workdir = tmp_path_factory.mktemp(f"{implementation}-{kind}")
+        store = _store(kind, workdir)
+        # PostgreSQL listens on the host's loopback, which a private namespace does not reach.
+        place = network() if kind == "sqlite" else nullcontext(Net())
+        with place as net:
+            results[implementation] = _run(net, workdir, implementation, store)
+    yield results
+    if kind == "postgresql":
+        engine = sa.create_engine(store.url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS silo, version, msilo_version"))
+        engine.dispose()
 
 
 def test_both_answer_202_and_keep_a_failed_delivery(observed: dict[str, Observed]) -> None:

@@ -23,6 +23,7 @@ Each step is one statement when the database makes that atomic, else one short t
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -69,6 +70,8 @@ class _Sql:
         cur.execute(self.text, {**self.defaults, **params} if self.defaults else params)
 
 
+_BYTEA_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+
 # Positions in a row selected as ROW_FIELDS.
 _BODY, _CTYPE = ROW_FIELDS.index("body"), ROW_FIELDS.index("ctype")
 _EXTRA, _CALLID = ROW_FIELDS.index("extra_hdrs"), ROW_FIELDS.index("callid")
@@ -78,17 +81,23 @@ assert (_BODY, _CTYPE, _EXTRA, _CALLID) == (4, 5, 9, 10) and _TOKEN == _MID + 1 
 
 
 def _text_column(value: Any) -> str:
-    """A text column a C server may leave NULL or write as a BLOB (Kamailio's extra_hdrs)."""
+    """A text column a C server may leave NULL or write as a BLOB (Kamailio's extra_hdrs); on
+    PostgreSQL Kamailio's db_postgres writes that BLOB into the text column in bytea hex form
+    (``\\x50...``), which no header line can look like."""
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "surrogateescape")
-    return str(value)
+    text = str(value)
+    if text.startswith("\\x") and _BYTEA_HEX.fullmatch(text, 2):
+        return bytes.fromhex(text[2:]).decode("utf-8", "surrogateescape")
+    return text
 
 
 def _row(r: Any) -> StoredMessage:
     body, ctype, extra, callid = r[_BODY], r[_CTYPE], r[_EXTRA], r[_CALLID]
-    if type(body) is bytes and ctype is not None and type(extra) is str and callid is not None:
+    plain_extra = type(extra) is str and not extra.startswith("\\x")
+    if type(body) is bytes and ctype is not None and plain_extra and callid is not None:
         return StoredMessage(*r)  # the usual case: columns are selected in field order
     # NULL body / ctype (OpenSIPS stores body-less requests) read back as empty values; so do
     # the extra_hdrs and callid a C server left NULL (or wrote as a BLOB)
