@@ -30,7 +30,7 @@ SCENARIOS = ROOT / "tests" / "sipp" / "kamailio"
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 EMBEDDED_PYTHON = "/usr/bin/python3"  # what Debian's app_python3 links against
 T = TypeVar("T")
-STEP_TIMEOUT = 15.0  # seconds any single sipp run or wait may take
+STEP_TIMEOUT = 30.0  # seconds any single sipp run or wait may take (a loaded machine is slow)
 
 
 def require_tools(*modules: str) -> None:
