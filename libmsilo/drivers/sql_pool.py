@@ -203,6 +203,46 @@ def _disown(conn: PooledConnection) -> None:
         conn.fairy.invalidate()
 
 
+class _Slots:
+    """A counting semaphore whose uncontended acquire and release take one C-level lock (the
+    standard library's runs Python code on every call, which a storage step can do without)."""
+
+    __slots__ = ("_free", "_freed", "_lock", "_waiting")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self._waiting = 0
+
+    def acquire(self, timeout: float) -> bool:
+        """Take a slot, waiting at most ``timeout`` seconds; False when none came free."""
+        with self._lock:
+            if self._free > 0:
+                self._free -= 1
+                return True
+            deadline = time.monotonic() + timeout
+            self._waiting += 1
+            try:
+                while self._free <= 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._freed.wait(left):
+                        if self._free > 0:
+                            break
+                        return False
+                self._free -= 1
+                return True
+            finally:
+                self._waiting -= 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        with self._lock:
+            self._free += 1
+            if self._waiting:
+                self._freed.notify()
+
+
 class ConnectionStack:
     """Idle connections, most recently used first; every call takes one and gives it back.
 
@@ -229,7 +269,7 @@ class ConnectionStack:
         self._bound = bound
         self._size = size if not single else 0  # a single connection is bounded by its lock
         self._wait = wait
-        self._slots = threading.BoundedSemaphore(self._size) if self._size else None
+        self._slots = _Slots(self._size) if self._size else None
         self._dialect: Dialect = engine.dialect
         self._idle: list[PooledConnection] = []
         self._single = threading.Lock() if single else None
@@ -248,7 +288,7 @@ class ConnectionStack:
     def _forked(self) -> None:
         idle, self._idle = self._idle, []
         if self._size:  # the parent's connections in use are not this process's
-            self._slots = threading.BoundedSemaphore(self._size)
+            self._slots = _Slots(self._size)
         for conn in idle:
             _disown(conn)
 
