@@ -203,6 +203,7 @@ def test_native_is_chosen_by_url_and_can_be_declined(tmp_path: Path) -> None:
     assert has_native_driver(pg) and has_native_driver("redis://127.0.0.1:6379/0")
     assert not has_native_driver(f"sqlite:///{tmp_path / 'a.db'}")
     assert not has_native_driver("redis+cluster://127.0.0.1:7000")
+    assert not has_native_driver("postgresql+psycopg2://127.0.0.1/x")
 
     async def scenario() -> None:
         declined = await AsyncSilo.from_settings(

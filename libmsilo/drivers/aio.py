@@ -256,6 +256,8 @@ def has_native_driver(url: str) -> bool:
     installed)."""
     if url_scheme(url) not in NATIVE_SCHEMES:
         return False
+    if url.partition("://")[0].lower().partition("+")[2] not in ("", "psycopg"):
+        return False  # e.g. postgresql+psycopg2: that client has no asyncio connection
     return importlib.util.find_spec("greenlet") is not None
 
 

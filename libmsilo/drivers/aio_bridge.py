@@ -119,7 +119,10 @@ class AsyncFace:
             return value
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._face(value(*args, **kwargs))
+            result = value(*args, **kwargs)
+            if result is self._target:  # a chained call (a pipeline queuing a command)
+                return self
+            return self._face(result)
 
         return call
 
