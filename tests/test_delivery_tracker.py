@@ -278,7 +278,17 @@ def test_longest_token_is_accepted() -> None:
 
 def _stored(lease_token: str | None, snd_time: int = 0) -> StoredMessage:
     return StoredMessage(
-        "sip:b@x", "sip:a@y", "a", "y", b"", "text/plain", 1, 9, snd_time, MID, lease_token
+        "sip:b@x",
+        "sip:a@y",
+        "a",
+        "y",
+        b"",
+        "text/plain",
+        1,
+        9,
+        snd_time,
+        mid=MID,
+        lease_token=lease_token,
     )
 
 
