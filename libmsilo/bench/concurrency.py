@@ -180,6 +180,7 @@ def _silo_path(config: ConcurrencyConfig, path: str, producers: int) -> PathResu
             for mid, token in replies[i]:
                 silo.on_reply(mid, 200, token=token)
 
+        _warm_up(silo)
         store_s, ack_s = _phased(producers, [store, ack], between=dump)
         if silo.stats.dumped_messages != count:
             raise RuntimeError(f"{path}: {silo.stats.dumped_messages} of {count} acks deleted")
@@ -189,6 +190,16 @@ def _silo_path(config: ConcurrencyConfig, path: str, producers: int) -> PathResu
         silo.driver.drop_schema()
         silo.close()
     return result
+
+
+_WARM_UP = wl.store_requests(1, 1)[0]
+
+
+def _warm_up(silo: Silo) -> None:
+    """One unmeasured store and delete: statements prepared, connections open."""
+    mid = silo.store(_WARM_UP, notify=False).mid
+    if mid is not None:
+        silo.delete(mid)
 
 
 def _async_path(config: ConcurrencyConfig, producers: int) -> PathResult:
@@ -205,6 +216,9 @@ def _async_path(config: ConcurrencyConfig, producers: int) -> PathResult:
         try:
             if aio.native:
                 result.path = "asyncio-native"
+            warm = await aio.store(_WARM_UP, notify=False)
+            if warm.mid is not None:
+                await aio.delete(warm.mid)
 
             async def store(share: Sequence[SipRequest]) -> list[int | None]:
                 return [(await aio.store(r, notify=False)).mid for r in share]
@@ -283,6 +297,7 @@ def _latency(config: ConcurrencyConfig, result: ConcurrencyResult) -> None:
     producers = config.producers
     silo = Silo.from_settings(_settings(config.url, True, producers))
     try:
+        _warm_up(silo)
         total = max(1, int(config.rate * config.duration))
         requests = wl.store_requests(total, config.owners)
         latencies: list[float] = []
