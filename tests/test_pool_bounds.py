@@ -54,6 +54,7 @@ def test_postgres_200_threads_never_exceed_the_pool() -> None:
     options = DriverOptions(timeout=30, pool_size=size)
     driver = open_driver(url, StoreLayout(table=unique_table()), options)
     driver.create_schema()
+    driver.ping()  # statements prepared: the schema check's own connection is closed again
     seen: list[int] = []
     stop = threading.Event()
     dsn = sa.make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
