@@ -36,7 +36,7 @@ from tests.kamailio_harness import (  # noqa: E402
     SCENARIOS,
     Kamailio,
     Net,
-    embedded_pythonpath,
+    embedded_env,
 )
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -97,7 +97,7 @@ def _kamailio(which: str, backend: Backend, workdir: Path, net: Net) -> Kamailio
     with Silo.from_settings(settings, create_schema=False) as silo:
         silo.driver.migrate()  # libmsilo's columns on Kamailio's table
     env.update(
-        PYTHONPATH=embedded_pythonpath(),
+        **embedded_env(),
         MSILO_DB_URL=backend.libmsilo_url,
         MSILO_PROFILE="kamailio",
     )

@@ -44,16 +44,20 @@ def require_tools(*modules: str) -> None:
         pytest.skip(message)
 
 
-def embedded_pythonpath() -> str:
-    """PYTHONPATH for Kamailio's embedded interpreter: this checkout plus this environment's
-    site-packages, which fit only an interpreter of the same minor version."""
+def embedded_env() -> dict[str, str]:
+    """PYTHONPATH and PYTHONHOME for Kamailio's embedded interpreter: this checkout plus this
+    environment's site-packages (which fit only an interpreter of the same minor version), and
+    the embedded interpreter's own prefix. Without PYTHONHOME it looks for its standard library
+    through the ``python3`` first on PATH, which may be another build (pyenv, a venv's base) whose
+    extension modules do not load into Debian's libpython (``_ssl``: undefined symbol)."""
     probe = subprocess.run(
-        [EMBEDDED_PYTHON, "-c", "import sys; print(*sys.version_info[:2])"],
+        [EMBEDDED_PYTHON, "-c", "import sys; print(sys.prefix, *sys.version_info[:2])"],
         capture_output=True,
         text=True,
         check=True,
     )
-    embedded = tuple(int(x) for x in probe.stdout.split())
+    prefix, major, minor = probe.stdout.split()
+    embedded = (int(major), int(minor))
     if embedded != sys.version_info[:2]:
         pytest.fail(
             f"{EMBEDDED_PYTHON} is {embedded}, the tests run on {sys.version_info[:2]}: install "
@@ -66,7 +70,7 @@ def embedded_pythonpath() -> str:
         check=True,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
-    return out.stdout.strip()
+    return {"PYTHONPATH": out.stdout.strip(), "PYTHONHOME": prefix}
 
 
 def _netns_works() -> bool:

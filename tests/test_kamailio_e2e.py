@@ -22,7 +22,7 @@ from tests.kamailio_harness import (
     Kamailio,
     Net,
     Sipp,
-    embedded_pythonpath,
+    embedded_env,
     network,
     require_tools,
     wait_for,
@@ -41,7 +41,7 @@ class Stack:
         port = net.port()
         env = dict(os.environ)
         env.update(
-            PYTHONPATH=embedded_pythonpath(),
+            **embedded_env(),
             MSILO_DB_URL=self.db_url,
             MSILO_FROM_ADDRESS="sip:msilo@127.0.0.1",
             MSILO_OFFLINE_MESSAGE="$rU is offline; stored for later",

@@ -26,7 +26,7 @@ from tests.kamailio_harness import (
     Kamailio,
     Net,
     Sipp,
-    embedded_pythonpath,
+    embedded_env,
     network,
     require_tools,
     wait_for,
@@ -78,11 +78,29 @@ class Store:
             engine.dispose()
 
 
+def _own_database(url: str) -> str:
+    """A database of the parity test's own beside the test database: Kamailio's tables are
+    named ``silo`` and ``version``, which no other test may find there."""
+    parsed = sa.engine.make_url(url)
+    name = f"{parsed.database}_kamailio_parity"
+    engine = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if found is None:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        engine.dispose()
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
 def _store(kind: str, workdir: Path) -> Store:
     if kind == "sqlite":
         db = workdir / "silo.db"  # db_sqlite: sqlite:// + absolute path
         return Store(f"sqlite:///{db}", f"sqlite:///{db}", {})
-    url = backend_url("postgresql")
+    url = _own_database(backend_url("postgresql"))
     kamailio_url = re.sub(r"^postgresql(\+psycopg)?://", "postgres://", url)
     return Store(url, kamailio_url, {"WITH_POSTGRES": "1"})
 
@@ -155,7 +173,7 @@ def _run(net: Net, workdir: Path, implementation: str, store: Store) -> Observed
         cfg = EXAMPLE / "kamailio.cfg"
         defines = {"KEMI_SCRIPT": f'"{EXAMPLE / "msilo_kemi.py"}"'}
         env.update(
-            PYTHONPATH=embedded_pythonpath(),
+            **embedded_env(),
             MSILO_DB_URL=url,
             MSILO_PROFILE="kamailio",
             MSILO_FROM_ADDRESS="sip:msilo@127.0.0.1",
