@@ -32,8 +32,10 @@ from tests.helpers import T0, Clock, message, register, settings
 
 T = TypeVar("T")
 
-#: The loop reports a callback (a task step) running longer than this: a blocking call.
-SLOW = 0.05
+#: The loop reports a callback (a task step) running longer than this: a blocking call. A batch
+#: of 21 stores is Python work on the loop (about 2 ms idle, 60 ms seen on a machine with a load
+#: of 14 in debug mode); a wait on the network or a lock that blocks the loop takes longer.
+SLOW = 0.25
 
 
 class LoopThread:
