@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ..errors import MsiloError
-from ..records import NewMessage, ReleaseResult
+from ..records import NewMessage, ReleaseResult, check_ints
 
 __all__ = [
     "Release",
     "delete_each",
     "delete_many",
+    "insert_checked",
     "insert_each",
     "insert_many",
     "release_each",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 #: One failed delivery to end: (mid, token or None, to_offline).
 Release = tuple[int, str | None, bool]
@@ -49,6 +51,37 @@ def insert_each(
     """``driver.insert`` for each message (the default ``insert_many``)."""
     insert = driver.insert  # type: ignore[attr-defined]
     return _each(lambda m: insert(m, max_messages), msgs)  # type: ignore[return-value]
+
+
+def insert_checked(
+    driver: object,
+    msgs: Sequence[NewMessage],
+    max_messages: int,
+    prepare: Callable[[NewMessage], P],
+    store: Callable[[list[P]], Sequence[int | MsiloError | None]],
+) -> list[int | MsiloError | None]:
+    """The frame of a native ``insert_many``: each message is checked and ``prepare``d alone (a
+    bad one gets its own error), the good ones go to ``store`` in one backend step, and the
+    answers land in their items' places. A batch of one takes the single step."""
+    from .plumbing import check_message  # plumbing imports this module for its defaults
+
+    check_ints(max_messages=max_messages)
+    if len(msgs) <= 1:
+        return insert_each(driver, msgs, max_messages)
+    results: list[int | MsiloError | None] = [None] * len(msgs)
+    todo: list[int] = []
+    prepared: list[P] = []
+    for i, msg in enumerate(msgs):
+        try:
+            check_message(msg)
+            prepared.append(prepare(msg))
+            todo.append(i)
+        except MsiloError as exc:
+            results[i] = exc
+    if todo:
+        for i, result in zip(todo, store(prepared), strict=True):
+            results[i] = result
+    return results
 
 
 def delete_each(driver: object, mids: Sequence[int]) -> list[bool | MsiloError]:

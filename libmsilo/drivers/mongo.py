@@ -40,7 +40,7 @@ from pymongo.errors import (
 from ..errors import MsiloError, SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
-from .plumbing import DriverBase, ErrorTable, check_ints, check_message, storage_step
+from .plumbing import DriverBase, ErrorTable, storage_step
 from .schema_version import SCHEMA_VERSION, check_version
 from .schemes import scheme_of
 
@@ -330,22 +330,13 @@ class MongoDriver(DriverBase):
         takes the ids of all and one unordered ``insert_many`` writes them. A row the server
         refuses gets its own error and gives its slot back; one whose id was taken meanwhile
         (a reseeded sequence) is inserted alone."""
-        check_ints(max_messages=max_messages)
-        if len(msgs) <= 1:
-            return batch.insert_each(self, msgs, max_messages)
-        results: list[int | MsiloError | None] = [None] * len(msgs)
-        todo: list[int] = []
-        for i, msg in enumerate(msgs):
-            try:
-                check_message(msg)
-                todo.append(i)
-            except MsiloError as exc:
-                results[i] = exc
-        if todo:
-            done = self._step(lambda: self._insert_batch([msgs[i] for i in todo], max_messages))
-            for i, result in zip(todo, done, strict=True):
-                results[i] = result
-        return results
+        return batch.insert_checked(
+            self,
+            msgs,
+            max_messages,
+            lambda msg: msg,
+            lambda todo: self._step(lambda: self._insert_batch(todo, max_messages)),
+        )
 
     def _insert_batch(
         self, msgs: Sequence[NewMessage], max_messages: int

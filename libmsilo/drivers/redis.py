@@ -52,7 +52,7 @@ from ..errors import MsiloError, SettingsError, StorageUnavailable
 from ..masking import mask_url
 from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
-from .plumbing import DriverBase, ErrorTable, check_ints, check_message, check_mid, storage_step
+from .plumbing import DriverBase, ErrorTable, check_mid, storage_step
 from .redis_durability import WaitPolicy, prepare
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
 from .schema_version import SCHEMA_VERSION, check_version
@@ -409,22 +409,13 @@ class RedisDriver(DriverBase):
     ) -> list[int | MsiloError | None]:
         """Store ``msgs``: one INCRBY takes their ids, one pipeline runs their insert scripts
         (each still one atomic step in its owner's slot, quota checked inside)."""
-        check_ints(max_messages=max_messages)
-        if len(msgs) <= 1:
-            return batch.insert_each(self, msgs, max_messages)
-        results: list[int | MsiloError | None] = [None] * len(msgs)
-        todo: list[int] = []
-        for i, msg in enumerate(msgs):
-            try:
-                check_message(msg)
-                todo.append(i)
-            except MsiloError as exc:
-                results[i] = exc
-        if todo:
-            stored = self._step(lambda: self._insert_batch([msgs[i] for i in todo], max_messages))
-            for i, mid in zip(todo, stored, strict=True):
-                results[i] = mid
-        return results
+        return batch.insert_checked(
+            self,
+            msgs,
+            max_messages,
+            lambda msg: msg,
+            lambda todo: self._step(lambda: self._insert_batch(todo, max_messages)),
+        )
 
     def _insert_batch(self, msgs: Sequence[NewMessage], max_messages: int) -> list[int | None]:
         last = int(self.client.incrby(self._seq_key, len(msgs)))

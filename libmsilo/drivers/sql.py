@@ -35,7 +35,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 from ..errors import InvalidRequest, MsiloError, SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
-from .plumbing import DriverBase, ErrorTable, check_ints, check_message, check_mid, storage_step
+from .plumbing import DriverBase, ErrorTable, check_mid, storage_step
 from .schemes import SCHEMES, scheme_of
 from .sql_migrate import check_schema, create_schema, drop_schema, migrate_schema, read_version
 from .sql_ops import NO_LIMIT, SqlOps
@@ -359,31 +359,28 @@ class SqlDriver(DriverBase):
         """Store ``msgs`` in one transaction (see :mod:`.batch`): a message the table cannot
         hold gets its own error; should the database refuse one row, the rest are stored one
         by one so that only it fails."""
-        check_ints(max_messages=max_messages)
         if len(msgs) <= 1:
             return batch.insert_each(self, msgs, max_messages)
         ops = self._step(self._ready)
-        results: list[int | MsiloError | None] = [None] * len(msgs)
-        todo: list[int] = []
-        rows: list[dict[str, Any]] = []
-        for i, msg in enumerate(msgs):
+
+        def store(
+            rows: list[tuple[NewMessage, dict[str, Any]]],
+        ) -> Sequence[int | MsiloError | None]:
+            params = [p for _, p in rows]
             try:
-                check_message(msg)
-                rows.append(self._row_params(ops, msg))
-                todo.append(i)
-            except MsiloError as exc:
-                results[i] = exc
-        try:
-            mids: Sequence[int | MsiloError | None] = self._step(
-                lambda: self._run(lambda c: ops.insert_batch(c.cursor, c.dbapi, rows, max_messages))
-            )
-        except StorageUnavailable:
-            raise
-        except MsiloError:
-            mids = batch.insert_each(self, [msgs[i] for i in todo], max_messages)
-        for i, mid in zip(todo, mids, strict=True):
-            results[i] = mid
-        return results
+                return self._step(
+                    lambda: self._run(
+                        lambda c: ops.insert_batch(c.cursor, c.dbapi, params, max_messages)
+                    )
+                )
+            except StorageUnavailable:
+                raise
+            except MsiloError:
+                return batch.insert_each(self, [m for m, _ in rows], max_messages)
+
+        return batch.insert_checked(
+            self, msgs, max_messages, lambda msg: (msg, self._row_params(ops, msg)), store
+        )
 
     def delete_many(self, mids: Sequence[int]) -> list[bool | MsiloError]:
         """Delete the rows of ``mids`` with one ``DELETE … WHERE id IN (…)`` per chunk."""
