@@ -245,7 +245,7 @@ class Sipp:
         self.runs += 1
         argv = ["sipp", self.target, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1"]
         argv += ["-p", str(port), "-nostdin", "-timeout", f"{int(STEP_TIMEOUT)}s"]
-        argv += ["-mp", str(20000 + port % 5000 * 8)]  # its media ports, apart from other runs
+        argv += ["-mp", str(20000 + port % 1500 * 8)]  # media ports below the ephemeral range
         argv += ["-timeout_error", "-trace_msg", "-message_file"]
         argv += [str(self.workdir / f"sipp-{self.runs}-{scenario}.log")]
         for name, value in keys.items():
