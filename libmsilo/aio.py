@@ -21,6 +21,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -84,15 +85,10 @@ class AsyncSilo:
         settings = silo.settings
         self._group = settings.group_commit
         size, flushers = settings.group_commit_size, flushers_for(settings)
-        self._inserts = AsyncGroupCommit(
-            silo._flush_inserts, max_batch=size, flushers=flushers, run=run
-        )
-        self._deletes = AsyncGroupCommit(
-            silo._flush_deletes, max_batch=size, flushers=flushers, run=run
-        )
-        self._releases = AsyncGroupCommit(
-            silo._flush_releases, max_batch=size, flushers=flushers, run=run
-        )
+        commit = partial(AsyncGroupCommit, max_batch=size, flushers=flushers, run=run)
+        self._inserts = commit(silo._flush_inserts)
+        self._deletes = commit(silo._flush_deletes)
+        self._releases = commit(silo._flush_releases)
 
     @classmethod
     async def from_settings(

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 
 from .core import (
@@ -91,15 +92,10 @@ class Silo:
         self._group = self.settings.group_commit
         size, wait = self.settings.group_commit_size, self.settings.group_commit_wait
         flushers = flushers_for(self.settings)
-        self._inserts = GroupCommit(
-            self._flush_inserts, max_batch=size, max_wait=wait, flushers=flushers
-        )
-        self._deletes = GroupCommit(
-            self._flush_deletes, max_batch=size, max_wait=wait, flushers=flushers
-        )
-        self._releases = GroupCommit(
-            self._flush_releases, max_batch=size, max_wait=wait, flushers=flushers
-        )
+        commit = partial(GroupCommit, max_batch=size, max_wait=wait, flushers=flushers)
+        self._inserts = commit(self._flush_inserts)
+        self._deletes = commit(self._flush_deletes)
+        self._releases = commit(self._flush_releases)
 
     @classmethod
     def from_settings(
