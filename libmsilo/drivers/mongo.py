@@ -40,8 +40,8 @@ from pymongo.errors import (
 from ..errors import MsiloError, SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
-from .plumbing import DriverBase, ErrorTable, storage_step
-from .schema_version import SCHEMA_VERSION, check_version
+from .plumbing import ErrorTable, storage_step
+from .schema_version import SCHEMA_VERSION, RecordedVersion
 from .schemes import scheme_of
 
 __all__ = ["DEFAULT_TTL_DELAY", "MongoDriver", "open_mongo", "open_mongomock"]
@@ -90,7 +90,7 @@ class _Closeable(Protocol):
     def close(self) -> None: ...
 
 
-class MongoDriver(DriverBase):
+class MongoDriver(RecordedVersion):
     """The :class:`~libmsilo.drivers.base.Driver` on one MongoDB database."""
 
     # ConnectionFailure includes AutoReconnect and ServerSelectionTimeoutError. Nothing is
@@ -102,6 +102,7 @@ class MongoDriver(DriverBase):
         failed=(PyMongoError, BSONError, ValueError),
         invalid=(UnicodeError, OverflowError, InvalidDocument),  # incl. DocumentTooLarge
     )
+    _store_kind = "MongoDB collection"
 
     def __init__(
         self,
@@ -126,7 +127,7 @@ class MongoDriver(DriverBase):
         self._grace = quota_grace if quota_grace is not None else max(60.0, 10 * timeout)
         self._wall = wall_clock
         self._closed = False
-        table = self._layout.table
+        table = self._store_name = self._layout.table
         self._names = (table, f"{table}_counters", f"{table}_owners")
         # mid -> (owner, counter epoch read when this driver claimed the row); see delete().
         self._claimed: dict[int, tuple[Doc, object]] = {}
@@ -241,21 +242,22 @@ class MongoDriver(DriverBase):
         rows.create_index([(lay.exp_time, ASCENDING)])
         self._ensure_ttl()
         self._seed_sequence()
-        # A store made before versions were recorded holds the same documents: it is current.
+        self._settle_version()
+
+    def _read_version(self) -> int | None:
+        doc = self._counters.find_one({"_id": _SCHEMA_ID})
+        return None if doc is None else int(doc["version"])
+
+    def _seed_version(self) -> None:
         self._counters.update_one(
             {"_id": _SCHEMA_ID}, {"$setOnInsert": {"version": SCHEMA_VERSION}}, upsert=True
         )
-        found = self.schema_version()
-        check_version(SCHEMA_VERSION if found is None else found, self._describe())
 
-    def _describe(self) -> str:
-        return f"the MongoDB collection {self._layout.table!r}"
-
-    @storage_step
-    def schema_version(self) -> int | None:
-        """The store's libmsilo schema version; None when none is recorded."""
-        doc = self._counters.find_one({"_id": _SCHEMA_ID})
-        return None if doc is None else int(doc["version"])
+    def _raise_version(self) -> int | None:
+        self._counters.update_one(
+            {"_id": _SCHEMA_ID}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True
+        )
+        return self._read_version()
 
     def _ensure_ttl(self) -> None:
         rows, name = self._rows, f"{_EXP_AT}_1"
@@ -290,12 +292,7 @@ class MongoDriver(DriverBase):
         """Record the current schema version: documents are schemaless, and the fields a
         version adds (leases, Kamailio's ``extra_hdrs`` and ``callid``) read as unset when
         missing."""
-        self._counters.update_one(
-            {"_id": _SCHEMA_ID}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True
-        )
-        found = self.schema_version()
-        if found is not None and found > SCHEMA_VERSION:
-            check_version(found, self._describe())
+        self._migrate_version()
 
     @storage_step
     def ping(self) -> None:

@@ -52,10 +52,10 @@ from ..errors import MsiloError, SettingsError, StorageUnavailable
 from ..masking import mask_url
 from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
-from .plumbing import DriverBase, ErrorTable, check_mid, storage_step
+from .plumbing import ErrorTable, check_mid, storage_step
 from .redis_durability import WaitPolicy, prepare
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
-from .schema_version import SCHEMA_VERSION, check_version
+from .schema_version import SCHEMA_VERSION, RecordedVersion
 from .schemes import scheme_of
 
 if TYPE_CHECKING:
@@ -152,11 +152,12 @@ def _record(values: Sequence[Any]) -> StoredMessage:
     )
 
 
-class RedisDriver(DriverBase):
+class RedisDriver(RecordedVersion):
     """Stores messages in Redis hashes and sorted sets; every per-owner step is one Lua script."""
 
     # redis-py retries a dropped connection itself (see open_redis); nothing is retried here.
     errors = ErrorTable("redis", unavailable=_UNAVAILABLE, failed=(rexc.RedisError, OSError))
+    _store_kind = "Redis store"
 
     def __init__(
         self,
@@ -172,6 +173,7 @@ class RedisDriver(DriverBase):
         self._client: Client | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._store_name = layout.table
         self._prefix = layout.table.encode()
         self._seq_key = b"{%s:seq}" % self._prefix
         self._version_key = b"{%s:version}" % self._prefix
@@ -334,19 +336,16 @@ class RedisDriver(DriverBase):
         client = self.client
         for name in SCRIPT_NAMES:
             client.script_load(self._sources[name])
-        # A store made before versions were recorded holds the same hashes: it is current.
-        client.set(self._version_key, SCHEMA_VERSION, nx=True)
-        found = self.schema_version()
-        check_version(SCHEMA_VERSION if found is None else found, self._describe())
+        self._settle_version()
 
-    def _describe(self) -> str:
-        return f"the Redis store {self._prefix.decode(errors='replace')!r}"
+    def _read_version(self) -> bytes | None:
+        return cast("bytes | None", self.client.get(self._version_key))
 
-    @storage_step
-    def schema_version(self) -> int | None:
-        """The store's libmsilo schema version; None when none is recorded."""
-        found = self.client.get(self._version_key)
-        return None if found is None else int(found)
+    def _seed_version(self) -> None:
+        self.client.set(self._version_key, SCHEMA_VERSION, nx=True)
+
+    def _raise_version(self) -> int:
+        return int(self.client.eval(_RAISE_VERSION, 1, self._version_key, SCHEMA_VERSION))
 
     @storage_step
     def drop_schema(self) -> None:
@@ -382,9 +381,7 @@ class RedisDriver(DriverBase):
     def migrate(self) -> None:
         """Record the current schema version: every version so far is the same hashes (fields a
         message lacks read as empty), and Redis stores have no OpenSIPS/Kamailio ancestor."""
-        before = int(self.client.eval(_RAISE_VERSION, 1, self._version_key, SCHEMA_VERSION))
-        if before > SCHEMA_VERSION:
-            check_version(before, self._describe())
+        self._migrate_version()
 
     @storage_step
     def ping(self) -> None:
