@@ -4,6 +4,7 @@ the test runs on (the ``backend`` fixture of ``tests/conftest.py``; memory witho
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,26 @@ def register(
         headers.append(("Expires", expires))
     headers += extra or []
     return SipRequest("REGISTER", "sip:example.com", headers)
+
+
+def run_threads(work: Callable[[int], object], n: int) -> None:
+    """Run ``work(i)`` for i in ``range(n)``, one thread each, started together behind a
+    barrier; raise the first error a thread raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(120)
+    assert not any(t.is_alive() for t in pool), "a thread did not finish"
+    if errors:
+        raise errors[0]

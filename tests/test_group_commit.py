@@ -17,32 +17,11 @@ import pytest
 from libmsilo import AsyncSilo, ReplyOutcome, StoreResult
 from libmsilo.errors import InvalidRequest, MsiloError, StorageUnavailable
 from libmsilo.group_commit import AsyncGroupCommit, GroupCommit
-from tests.helpers import Clock, make_silo, message
+from tests.helpers import Clock, make_silo, message, run_threads
 
 pytestmark = pytest.mark.usefixtures("backend")
 
 THREADS = 32
-
-
-def _threads(work: Callable[[int], None], n: int = THREADS) -> None:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(n)
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=60)
-            work(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    pool = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(120)
-    assert not any(t.is_alive() for t in pool)
-    if errors:
-        raise errors[0]
 
 
 # ---- the batcher itself --------------------------------------------------------------------
@@ -106,7 +85,7 @@ def test_each_caller_gets_its_own_error() -> None:
         except InvalidRequest as exc:
             outcomes[i] = str(exc)
 
-    _threads(work)
+    run_threads(work, THREADS)
     assert outcomes == {i: f"odd {i}" if i % 2 else i for i in range(THREADS)}
 
 
@@ -152,7 +131,7 @@ def test_threads_storing_keep_the_quota_exact_and_get_their_own_errors() -> None
             with lock:
                 results.append(result)
 
-    _threads(work)
+    run_threads(work, THREADS)
     stored = [r for r in results if r.stored]
     assert len(stored) == 40
     assert len({r.mid for r in stored}) == 40
@@ -178,7 +157,7 @@ def test_threads_acking_deliver_each_message_once() -> None:
             with lock:
                 outcomes.append(outcome)
 
-    _threads(work)
+    run_threads(work, THREADS)
     counts = Counter(outcomes)
     assert counts[ReplyOutcome.DELIVERED] == 48
     assert counts[ReplyOutcome.IGNORED] == 3 * 48
@@ -193,7 +172,7 @@ def test_threads_failing_sends_release_each_once() -> None:
     msgs = silo.dump(owner="sip:alice@example.com")
     assert len(msgs) == THREADS
     outcomes: list[ReplyOutcome] = []
-    _threads(lambda i: outcomes.append(silo.send_failed(msgs[i])))
+    run_threads(lambda i: outcomes.append(silo.send_failed(msgs[i])), THREADS)
     assert outcomes == [ReplyOutcome.RETRY] * THREADS
     assert silo.stats.failed_messages == THREADS
     assert len(silo.dump(owner="sip:alice@example.com")) == THREADS  # all released
@@ -201,7 +180,7 @@ def test_threads_failing_sends_release_each_once() -> None:
 
 def test_group_commit_off_stores_one_by_one() -> None:
     silo = make_silo(group_commit=False, max_messages=5)
-    _threads(lambda i: [silo.store(message()) for _ in range(2)], 8)
+    run_threads(lambda i: [silo.store(message()) for _ in range(2)], 8)
     assert silo.count("sip:alice@example.com") == 5
     assert silo._inserts.batches == 0
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -20,30 +19,10 @@ from libmsilo.drivers.sql_pool import ConnectionStack
 from libmsilo.errors import SettingsError, StorageUnavailable
 from libmsilo.testing import make_message, unique_table
 from tests.backends import backend_url
+from tests.helpers import run_threads
 
 THREADS = 200
 STORES_PER_THREAD = 3
-
-
-def _hammer(work: Callable[[int], None], threads: int) -> list[BaseException]:
-    """Run ``work(i)`` in ``threads`` threads started together; the errors they raised."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(threads)
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=60)
-            work(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(120)
-    assert not any(t.is_alive() for t in pool), "a storing thread did not finish"
-    return errors
 
 
 def test_postgres_200_threads_never_exceed_the_pool() -> None:
@@ -68,21 +47,20 @@ def test_postgres_200_threads_never_exceed_the_pool() -> None:
                 seen.append(int(row[0]) if row else 0)
                 stop.wait(0.005)
 
+    mids: list[int | None] = []
+
+    def store(i: int) -> None:
+        for n in range(STORES_PER_THREAD):
+            mids.append(driver.insert(make_message(f"u{i % 17}", body=b"%d/%d" % (i, n))))
+
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        mids: list[int | None] = []
-
-        def store(i: int) -> None:
-            for n in range(STORES_PER_THREAD):
-                mids.append(driver.insert(make_message(f"u{i % 17}", body=b"%d/%d" % (i, n))))
-
-        errors = _hammer(store, THREADS)
-    finally:
-        stop.set()
-        watcher.join(10)
-    try:
-        assert errors == []
+        try:
+            run_threads(store, THREADS)
+        finally:
+            stop.set()
+            watcher.join(10)
         assert len(mids) == THREADS * STORES_PER_THREAD
         assert all(isinstance(m, int) for m in mids) and len(set(mids)) == len(mids)
         assert seen and max(seen) >= 1, "the watcher never saw the driver's connections"
@@ -123,8 +101,7 @@ def test_sqlite_driver_threads_share_a_bounded_pool(tmp_path: Path) -> None:
 
     stack._connect = counting
     try:
-        errors = _hammer(lambda i: [driver.insert(make_message(f"u{i}")) for _ in range(5)], 40)
-        assert errors == []
+        run_threads(lambda i: [driver.insert(make_message(f"u{i}")) for _ in range(5)], 40)
         assert 1 <= len(made) <= 2
         assert sum(driver.count(f"u{i}", "example.com", 0) for i in range(40)) == 200
     finally:
@@ -136,8 +113,7 @@ def test_redis_pool_is_bounded() -> None:
     driver = open_driver(backend_url("redis"), StoreLayout(table=unique_table()), options)
     driver.create_schema()
     try:
-        errors = _hammer(lambda i: [driver.insert(make_message(f"u{i}")) for _ in range(5)], 50)
-        assert errors == []
+        run_threads(lambda i: [driver.insert(make_message(f"u{i}")) for _ in range(5)], 50)
         pool = driver.client.connection_pool  # type: ignore[attr-defined]
         assert pool.max_connections == 3
         assert 1 <= len(pool._connections) <= 3
