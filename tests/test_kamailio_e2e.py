@@ -17,16 +17,7 @@ from pathlib import Path
 import pytest
 
 from libmsilo import MsiloSettings, Silo, StoredMessage
-from tests.kamailio_harness import (
-    EXAMPLE,
-    Kamailio,
-    Net,
-    Sipp,
-    embedded_env,
-    network,
-    require_tools,
-    wait_for,
-)
+from tests import kamailio_harness as harness
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,12 +27,12 @@ MODULES = ("app_python3", "tm", "sl", "uac", "rtimer", "registrar", "usrloc")
 class Stack:
     """Kamailio + libmsilo on SQLite, sipp, and a direct view of the store."""
 
-    def __init__(self, net: Net, workdir: Path) -> None:
+    def __init__(self, net: harness.Net, workdir: Path) -> None:
         self.db_url = f"sqlite:///{workdir / 'msilo.db'}"
         port = net.port()
         env = dict(os.environ)
         env.update(
-            **embedded_env(),
+            **harness.embedded_env(),
             MSILO_DB_URL=self.db_url,
             MSILO_FROM_ADDRESS="sip:msilo@127.0.0.1",
             MSILO_OFFLINE_MESSAGE="$rU is offline; stored for later",
@@ -55,16 +46,16 @@ class Stack:
             # Reminders go to sip:user@127.0.0.1 (no port): route them through this Kamailio.
             MSILO_OUTBOUND_PROXY=f"sip:127.0.0.1:{port}",
         )
-        self.kamailio = Kamailio(
+        self.kamailio = harness.Kamailio(
             net,
             workdir,
-            EXAMPLE / "kamailio.cfg",
+            harness.EXAMPLE / "kamailio.cfg",
             env,
-            defines={"KEMI_SCRIPT": f'"{EXAMPLE / "msilo_kemi.py"}"'},
+            defines={"KEMI_SCRIPT": f'"{harness.EXAMPLE / "msilo_kemi.py"}"'},
             port=port,
         )
         self.kamailio.start()
-        self.sipp = Sipp(net, workdir, self.kamailio.address)
+        self.sipp = harness.Sipp(net, workdir, self.kamailio.address)
         self.silo = Silo.from_settings(MsiloSettings(db_url=self.db_url), create_schema=False)
 
     @property
@@ -87,9 +78,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_tools(*MODULES)
+    harness.require_tools(*MODULES)
     workdir = tmp_path_factory.mktemp("kamailio")
-    with network() as net:
+    with harness.network() as net:
         s = Stack(net, workdir)
         try:
             yield s
@@ -125,7 +116,7 @@ def test_register_delivers_the_stored_message_and_the_200_deletes_it(stack: Stac
     assert delivered.startswith(f"MESSAGE {dave.contact('dave')} SIP/2.0")
     assert _body(delivered).endswith("for dave")
     assert _body(delivered).startswith("[Offline message - ")
-    wait_for(lambda: True if not stack.rows("dave") else None)
+    harness.wait_for(lambda: True if not stack.rows("dave") else None)
 
 
 def test_480_keeps_the_message_and_a_later_register_delivers_it(stack: Stack) -> None:
@@ -134,13 +125,15 @@ def test_480_keeps_the_message_and_a_later_register_delivers_it(stack: Stack) ->
     with stack.sipp.server("uas_480.xml", calls=1) as carol:
         stack.register("carol", carol.contact("carol"))
         carol.wait(1)
-        row = wait_for(lambda: r[0] if (r := stack.rows("carol")) and r[0].attempts == 1 else None)
+        row = harness.wait_for(
+            lambda: r[0] if (r := stack.rows("carol")) and r[0].attempts == 1 else None
+        )
     assert row.lease_token is None  # released: eligible at the next dump
     with stack.sipp.server("uas_200.xml", calls=1) as carol:
         stack.register("carol", carol.contact("carol"))
         (delivered,) = carol.wait(1)
     assert _body(delivered).endswith("for carol")
-    wait_for(lambda: True if not stack.rows("carol") else None)
+    harness.wait_for(lambda: True if not stack.rows("carol") else None)
 
 
 def test_a_reminder_goes_out_at_its_time(stack: Stack) -> None:
@@ -165,7 +158,7 @@ def test_a_reminder_goes_out_at_its_time(stack: Stack) -> None:
     assert "From: <sip:reminder@127.0.0.1>" in reminder
     assert _body(reminder).endswith("call mum")
     assert _body(reminder).startswith("[Reminder message - ")
-    wait_for(lambda: True if not stack.rows("erin") else None)
+    harness.wait_for(lambda: True if not stack.rows("erin") else None)
 
 
 def test_two_workers_dumping_one_mailbox_deliver_each_message_once(stack: Stack) -> None:
@@ -187,9 +180,9 @@ def test_two_workers_dumping_one_mailbox_deliver_each_message_once(stack: Stack)
             got = first.received() + second.received()
             return got if len(got) >= count else None
 
-        delivered = wait_for(all_delivered)
+        delivered = harness.wait_for(all_delivered)
         time.sleep(1.0)  # a double delivery would arrive meanwhile
         delivered = first.received() + second.received()
     bodies = sorted(_body(m).rsplit("] ", 1)[1] for m in delivered)
     assert bodies == sorted(f"note {i}" for i in range(count))
-    wait_for(lambda: True if not stack.rows("frank") else None)
+    harness.wait_for(lambda: True if not stack.rows("frank") else None)

@@ -20,17 +20,8 @@ import sqlalchemy as sa
 
 from libmsilo import MsiloSettings, Silo
 from libmsilo.drivers.sql_ops import _text_column
+from tests import kamailio_harness as harness
 from tests.backends import backend_url
-from tests.kamailio_harness import (
-    EXAMPLE,
-    Kamailio,
-    Net,
-    Sipp,
-    embedded_env,
-    network,
-    require_tools,
-    wait_for,
-)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -158,7 +149,7 @@ def _rows(store: Store, user: str, proxy: str = "") -> list[dict[str, Any]]:
     return [{k: _ports(v, proxy) if isinstance(v, str) else v for k, v in r.items()} for r in found]
 
 
-def _run(net: Net, workdir: Path, implementation: str, store: Store) -> Observed:
+def _run(net: harness.Net, workdir: Path, implementation: str, store: Store) -> Observed:
     store.reset()
     port = net.port()
     env = dict(os.environ)
@@ -170,10 +161,10 @@ def _run(net: Net, workdir: Path, implementation: str, store: Store) -> Observed
         settings = MsiloSettings(db_url=url, profile="kamailio")
         with Silo.from_settings(settings, create_schema=False) as silo:
             silo.driver.migrate()
-        cfg = EXAMPLE / "kamailio.cfg"
-        defines = {"KEMI_SCRIPT": f'"{EXAMPLE / "msilo_kemi.py"}"'}
+        cfg = harness.EXAMPLE / "kamailio.cfg"
+        defines = {"KEMI_SCRIPT": f'"{harness.EXAMPLE / "msilo_kemi.py"}"'}
         env.update(
-            **embedded_env(),
+            **harness.embedded_env(),
             MSILO_DB_URL=url,
             MSILO_PROFILE="kamailio",
             MSILO_FROM_ADDRESS="sip:msilo@127.0.0.1",
@@ -182,10 +173,10 @@ def _run(net: Net, workdir: Path, implementation: str, store: Store) -> Observed
             MSILO_CHECK_TIME="1",
             MSILO_CLEAN_PERIOD="1",
         )
-    kamailio = Kamailio(net, workdir, cfg, env, defines=defines, port=port)
+    kamailio = harness.Kamailio(net, workdir, cfg, env, defines=defines, port=port)
     kamailio.start()
     try:
-        return _scenarios(Sipp(net, workdir, kamailio.address), kamailio.address, store)
+        return _scenarios(harness.Sipp(net, workdir, kamailio.address), kamailio.address, store)
     finally:
         kamailio.stop()
         errors = kamailio.errors()
@@ -196,7 +187,7 @@ def _gone(store: Store, user: str) -> bool | None:
     return True if not _rows(store, user) else None
 
 
-def _scenarios(sipp: Sipp, domain: str, db: Store) -> Observed:
+def _scenarios(sipp: harness.Sipp, domain: str, db: Store) -> Observed:
     seen = Observed()
     with sipp.server("uas_200.xml", calls=1) as alice:
         seen.codes.append(sipp.message("bob", domain, "hello bob", alice.contact("alice")))
@@ -207,7 +198,7 @@ def _scenarios(sipp: Sipp, domain: str, db: Store) -> Observed:
         sipp.register("bob", domain, bob.contact("bob"))
         (delivered,) = bob.wait(1)
     seen.delivered = _normalized(delivered, domain)
-    wait_for(lambda: _gone(db, "bob"))
+    harness.wait_for(lambda: _gone(db, "bob"))
     seen.rows_left["bob"] = 0
 
     with sipp.server("uas_200.xml", calls=1) as sink:
@@ -221,7 +212,7 @@ def _scenarios(sipp: Sipp, domain: str, db: Store) -> Observed:
         sipp.register("carol", domain, carol.contact("carol"))
         (retried,) = carol.wait(1)
     seen.retried = _normalized(retried, domain)
-    wait_for(lambda: _gone(db, "carol"))
+    harness.wait_for(lambda: _gone(db, "carol"))
     return seen
 
 
@@ -231,7 +222,7 @@ def observed(
 ) -> Iterator[dict[str, Observed]]:
     kind: str = request.param
     module = "db_sqlite" if kind == "sqlite" else "db_postgres"
-    require_tools("app_python3", "msilo", module, "tm", "uac", "rtimer", "registrar")
+    harness.require_tools("app_python3", "msilo", module, "tm", "uac", "rtimer", "registrar")
     schema = KAMAILIO_SQL.parent / ("db_sqlite" if kind == "sqlite" else "postgres")
     if not (schema / "msilo-create.sql").exists():
         pytest.fail(f"{schema} has no msilo-create.sql (kamailio-{kind}-modules)")
@@ -240,7 +231,7 @@ def observed(
         workdir = tmp_path_factory.mktemp(f"{implementation}-{kind}")
         store = _store(kind, workdir)
         # PostgreSQL listens on the host's loopback, which a private namespace does not reach.
-        place = network() if kind == "sqlite" else nullcontext(Net())
+        place = harness.network() if kind == "sqlite" else nullcontext(harness.Net())
         with place as net:
             results[implementation] = _run(net, workdir, implementation, store)
     yield results
