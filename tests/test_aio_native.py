@@ -10,11 +10,14 @@ import concurrent.futures
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 
 from libmsilo import AsyncSilo, ReplyOutcome
 from libmsilo.drivers import Driver, DriverOptions, StoreLayout
@@ -26,7 +29,7 @@ from libmsilo.drivers.aio import (
     open_async_driver,
 )
 from libmsilo.errors import SettingsError, StorageUnavailable
-from libmsilo.testing import DriverConformance, unique_table
+from libmsilo.testing import DriverConformance, make_message, unique_table
 from tests.backends import backend_url
 from tests.helpers import T0, Clock, message, register, settings
 
@@ -268,5 +271,104 @@ def test_an_unreachable_server_is_storage_unavailable(url: str) -> None:
     async def scenario() -> None:
         with pytest.raises(StorageUnavailable):
             await AsyncSilo.from_settings(settings(db_url=url, db_timeout=1))
+
+    asyncio.run(scenario())
+
+
+def test_idle_connections_the_server_closed_are_replaced() -> None:
+    """Connections of the native PostgreSQL pool that the server closed while they were idle
+    (``pg_terminate_backend``) are dropped at checkout: the next calls succeed on new ones."""
+    base = backend_url("postgresql")
+    app = f"msilo-idle-{uuid.uuid4().hex[:8]}"
+    url = f"{base}{'&' if '?' in base else '?'}application_name={app}"
+    dsn = sa.make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def sessions(admin: psycopg.Connection[Any]) -> list[int]:
+        query = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+        return [int(r[0]) for r in admin.execute(query, (app,)).fetchall()]
+
+    async def scenario() -> None:
+        layout = StoreLayout(table=unique_table("silo_"))
+        driver = await open_async_driver(url, layout, DriverOptions(timeout=10, pool_size=3))
+        await driver.create_schema()
+        try:
+            first = await asyncio.gather(*(driver.insert(make_message()) for _ in range(6)))
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                killed = sessions(admin)
+                assert killed, "the driver holds no idle connection"
+                for pid in killed:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                while set(killed) & set(sessions(admin)):
+                    await asyncio.sleep(0.01)
+            # One call alone, then as many at once as the pool holds: none sees the loss.
+            assert await driver.count("alice", "example.com", 0) == len(first)
+            calls = [driver.get(mid or 0) for mid in first]
+            assert all(row is not None for row in await asyncio.gather(*calls))
+        finally:
+            await driver.drop_schema()
+            await driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_lost_mid_step_is_storage_unavailable() -> None:
+    """The native driver tells a lost connection from an ordinary error as the synchronous one
+    does: the step fails with StorageUnavailable and the next call gets a new connection."""
+    base = backend_url("postgresql")
+    dsn = sa.make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def killed_first(conn: Any) -> None:
+        conn.cursor.execute("SELECT pg_backend_pid()")
+        pid = conn.cursor.fetchone()[0]
+        with psycopg.connect(dsn, autocommit=True) as admin:  # blocks the loop: a test only
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        conn.cursor.execute("SELECT 1")
+
+    async def scenario() -> None:
+        layout = StoreLayout(table=unique_table("silo_"))
+        driver = await open_async_driver(base, layout, DriverOptions(timeout=10))
+        await driver.create_schema()
+        try:
+            await driver.insert(make_message())
+            sync: Any = driver.sync
+            with pytest.raises(StorageUnavailable):
+                await driver.run(sync._run, killed_first)
+            assert await driver.count("alice", "example.com", 0) == 1
+        finally:
+            await driver.drop_schema()
+            await driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_idle_for_long_is_pinged_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection idle longer than ``ping_after`` is pinged at checkout; one whose ping
+    fails is replaced by a new connection, unseen by the caller."""
+
+    def pid(conn: Any) -> int:
+        conn.cursor.execute("SELECT pg_backend_pid()")
+        return int(conn.cursor.fetchone()[0])
+
+    async def scenario() -> None:
+        layout = StoreLayout(table=unique_table("silo_"))
+        driver = await open_async_driver(backend_url("postgresql"), layout, DriverOptions())
+        await driver.create_schema()
+        sync: Any = driver.sync
+        try:
+            first = await driver.run(sync._run, pid)
+            pings: list[object] = []
+
+            def dead(dbapi: object) -> None:
+                pings.append(dbapi)
+                raise psycopg.OperationalError("no answer")
+
+            monkeypatch.setattr(sync._pool, "_ping_after", -1.0)  # every checkout pings
+            monkeypatch.setattr(sync._dialect, "do_ping", dead)
+            second = await driver.run(sync._run, pid)
+            assert len(pings) == 1 and second != first
+        finally:
+            monkeypatch.undo()
+            await driver.drop_schema()
+            await driver.close()
 
     asyncio.run(scenario())

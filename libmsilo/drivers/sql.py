@@ -39,7 +39,14 @@ from .plumbing import DriverBase, ErrorTable, check_mid, storage_step
 from .schemes import SCHEMES, scheme_of
 from .sql_migrate import check_schema, create_schema, drop_schema, migrate_schema, read_version
 from .sql_ops import NO_LIMIT, SqlOps
-from .sql_pool import ConnectionStack, PooledConnection, is_retryable, step_bound, storage_error
+from .sql_pool import (
+    ConnectionStack,
+    Pooled,
+    PooledConnection,
+    is_retryable,
+    step_bound,
+    storage_error,
+)
 from .sql_schema import ValueLimits, build_table, limits_from_table, reflect_limits
 
 __all__ = ["SqlDriver", "open_sql", "sql_url"]
@@ -270,9 +277,9 @@ class SqlDriver(DriverBase):
 
     def _translate(self, exc: BaseException, context: object = None) -> BaseException:
         """StorageUnavailable when the server cannot be reached or ``context`` (the step's
-        :class:`PooledConnection`) was lost; the error table for everything else."""
+        pooled connection) was lost; the error table for everything else."""
         if isinstance(exc, self.errors.failed) and not isinstance(exc, MsiloError):
-            conn = context if isinstance(context, PooledConnection) else None
+            conn = context if isinstance(context, Pooled) else None
             return storage_error(exc, self._dialect, conn)
         return super()._translate(exc)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from .aio import BridgedDriver
 from .aio_bridge import AsyncFace, await_, in_bridge, sleep
 from .sql import SqlDriver, _connect_args, sql_url
 from .sql_ops import SqlOps
-from .sql_pool import step_bound, storage_error
+from .sql_pool import alive, step_bound, storage_error
 
 __all__ = ["AsyncConnectionStack", "open_postgres_async"]
 
@@ -38,7 +39,7 @@ class AsyncPooledConnection:
     """One asyncio connection in :class:`~.sql_pool.PooledConnection`'s shape: ``dbapi`` and
     ``cursor`` are blocking faces of the connection and of its reusable cursor."""
 
-    __slots__ = ("bound", "cursor", "dbapi", "raw", "timed_out")
+    __slots__ = ("bound", "cursor", "dbapi", "fd", "last_used", "raw", "timed_out")
 
     def __init__(self, raw: Any, bound: float) -> None:
         self.raw = raw
@@ -46,6 +47,8 @@ class AsyncPooledConnection:
         self.timed_out = False
         self.dbapi: Any = AsyncFace(raw, self._wait)
         self.cursor: Any = AsyncFace(raw.cursor(), self._wait)
+        self.fd: int | None = raw.fileno()
+        self.last_used = time.monotonic()
 
     def _wait(self, awaitable: Awaitable[T]) -> T:
         """``awaitable`` awaited within the step bound; past it the connection is marked
@@ -70,7 +73,10 @@ class AsyncPooledConnection:
 class AsyncConnectionStack:
     """:class:`~.sql_pool.ConnectionStack` for asyncio connections, used from bridged steps:
     idle connections most recently used first, at most ``size`` open at once; a caller finding
-    all in use waits at most ``wait`` seconds on the loop, then gets ``StorageUnavailable``."""
+    all in use waits at most ``wait`` seconds on the loop, then gets ``StorageUnavailable``.
+    An idle connection is checked as the synchronous stack checks its own (:func:`.alive`):
+    one the server closed (its socket readable) is replaced, one idle longer than
+    ``ping_after`` seconds is pinged first."""
 
     def __init__(
         self,
@@ -80,12 +86,14 @@ class AsyncConnectionStack:
         bound: float,
         size: int,
         wait: float,
+        ping_after: float = 10.0,
     ) -> None:
         self._connect = connect
         self._dialect = dialect
         self._bound = bound
         self._size = size
         self._wait = wait
+        self._ping_after = ping_after
         self._slots: asyncio.Semaphore | None = None
         self._idle: list[AsyncPooledConnection] = []
         self._closed = False
@@ -111,10 +119,16 @@ class AsyncConnectionStack:
         try:
             while self._idle:
                 conn = self._idle.pop()
-                if conn.usable:
+                ping = time.monotonic() - conn.last_used > self._ping_after
+                if conn.usable and alive(conn, self._dialect, ping):
                     return conn
-                log.info("dropping a SQL connection the server closed")
                 self._close(conn)
+                if conn.timed_out:  # the ping got no answer: the server is out of reach
+                    self.flush()
+                    raise StorageUnavailable(
+                        f"database unavailable: no answer to a ping within {conn.bound:.1f} s"
+                    )
+                log.info("dropping a SQL connection the server closed")
             try:
                 raw = await_(self._connect())
             except Exception as exc:
@@ -126,6 +140,7 @@ class AsyncConnectionStack:
 
     def checkin(self, conn: AsyncPooledConnection) -> None:
         """Give back a connection that is idle (no transaction open)."""
+        conn.last_used = time.monotonic()
         if self._closed:
             self._close(conn)
         else:

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
@@ -31,7 +31,9 @@ from ..errors import StorageError, StorageUnavailable
 
 __all__ = [
     "ConnectionStack",
+    "Pooled",
     "PooledConnection",
+    "alive",
     "is_retryable",
     "step_bound",
     "storage_error",
@@ -49,6 +51,21 @@ def step_bound(timeout: float) -> float:
     the server's own per-statement bounds (``timeout``; MariaDB ``timeout + 1``), so those report
     first when the server is merely slow, and still about ``timeout``."""
     return timeout + max(1.5, timeout / 2)
+
+
+@runtime_checkable
+class Pooled(Protocol):
+    """What the driver uses of a pooled connection: :class:`PooledConnection`, or the asyncio
+    one of :mod:`.sql_aio`."""
+
+    bound: float
+    dbapi: Any
+    cursor: Any
+    fd: int | None
+
+    @property
+    def timed_out(self) -> bool:
+        """True once the step bound cut the connection."""
 
 
 class PooledConnection:
@@ -389,15 +406,7 @@ class ConnectionStack:
         return conn
 
     def _alive(self, conn: PooledConnection, now: float) -> bool:
-        if conn.fd is not None and _readable(conn.fd):
-            return False  # an idle connection has nothing to read unless the server hung up
-        if now - conn.last_used <= self._ping_after:
-            return True
-        try:
-            self._dialect.do_ping(conn.dbapi)
-        except Exception:
-            return False
-        return True
+        return alive(conn, self._dialect, now - conn.last_used > self._ping_after)
 
     def _close(self, conn: PooledConnection, *, invalidate: bool) -> None:
         if conn.bound:
@@ -413,12 +422,27 @@ class ConnectionStack:
             log.debug("error while closing a SQL connection", exc_info=True)
 
 
+def alive(conn: Pooled, dialect: Dialect, ping: bool) -> bool:
+    """Whether the idle connection ``conn`` may serve a step: not when its socket became
+    readable (an idle connection has nothing to read unless the server hung up), nor when
+    ``ping`` (it was idle long) and the ping fails."""
+    if conn.fd is not None and _readable(conn.fd):
+        return False
+    if not ping:
+        return True
+    try:
+        dialect.do_ping(conn.dbapi)
+    except Exception:
+        return False
+    return True
+
+
 def _dbapi_error(exc: BaseException) -> BaseException:
     return exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
 
 
 def storage_error(
-    exc: BaseException, dialect: Dialect, conn: PooledConnection | None, *, connecting: bool = False
+    exc: BaseException, dialect: Dialect, conn: Pooled | None, *, connecting: bool = False
 ) -> StorageError:
     """The libmsilo error for ``exc`` (raise it ``from exc``): :class:`StorageUnavailable` when
     the server cannot be reached or the connection was lost, else :class:`StorageError`."""
