@@ -242,7 +242,7 @@ class SipHost(asyncio.DatagramProtocol):
     def lookup(self, uri_text: str) -> str | None:
         """The newest contact of an AOR of our domain (None: offline); other URIs as they are."""
         uri = parse_uri(uri_text)
-        if uri.port is None and uri.host.lower() == self.domain.lower():
+        if uri.port is None and uri.host.strip("[]").lower() == self.domain.strip("[]").lower():
             contacts = self.contacts(aor(uri))
             return contacts[-1][0] if contacts else None
         return uri_text
@@ -287,7 +287,7 @@ if __name__ == "__main__":
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     add("--port", type=int, default=5060, help="UDP port, 0: any free one (default %(default)s)")
-    add("--domain", help="domain of the AORs served here (default: --host)")
+    add("--domain", help="AOR domain served here, IPv6 with or without [] (default: --host)")
     add("--db-url", help="message store URL (default: MSILO_DB_URL, else sqlite:///msilo.db)")
     add("--from-address", default="sip:msilo@127.0.0.1", help="From of notices, dumps")
     add("--offline-message", default="$rU is offline", help="notice text ('' sends none)")

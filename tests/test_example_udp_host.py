@@ -41,10 +41,10 @@ def sipp() -> str:
     return path
 
 
-def free_port() -> int:
-    """A UDP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(ip: str = "127.0.0.1") -> int:
+    """A UDP port on loopback ``ip`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((ip, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -52,15 +52,16 @@ def free_port() -> int:
 class Host:
     """examples/udp_host.py in a subprocess; its log lines are collected as they come."""
 
-    def __init__(self, url: str, env: dict[str, str]) -> None:
+    def __init__(self, url: str, env: dict[str, str], ip: str = "127.0.0.1") -> None:
         self.url = url
         self.lines: list[str] = []
         self._changed = threading.Condition()
         command = [sys.executable, str(EXAMPLE), "--port", "0", "--db-url", url, "--timer-f", "2"]
-        command += ["--offline-message", "$rU is offline"]
+        command += ["--offline-message", "$rU is offline", "--host", ip]
         self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
         threading.Thread(target=self._read, daemon=True).start()
-        self.port = int(self.wait_log(r"listening on udp 127\.0\.0\.1:(\d+)").group(1))
+        where = re.escape(bracketed(ip))
+        self.port = int(self.wait_log(rf"listening on udp {where}:(\d+)").group(1))
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -98,10 +99,10 @@ class Sipp:
     """One sipp run of one call; ``remote`` is the host's port (None: server mode)."""
 
     def __init__(self, binary: str, scenario: str, trace: Path, remote: int | None, port: int,
-                 **keys: str) -> None:  # fmt: skip
+                 ip: str = "127.0.0.1", **keys: str) -> None:  # fmt: skip
         self.trace = trace
-        command = [binary, *([f"127.0.0.1:{remote}"] if remote else []), "-sf",
-                   str(SCENARIOS / scenario), "-m", "1", "-i", "127.0.0.1", "-bind_local", "-p",
+        command = [binary, *([f"{bracketed(ip)}:{remote}"] if remote else []), "-sf",
+                   str(SCENARIOS / scenario), "-m", "1", "-i", ip, "-bind_local", "-p",
                    str(port), "-nostdin", "-timeout", f"{WAIT:.0f}s", "-timeout_error",
                    "-trace_msg", "-message_file", str(trace), "-trace_err", "-error_file",
                    str(trace.with_suffix(".err"))]  # fmt: skip
@@ -123,11 +124,15 @@ class Sipp:
         return self.trace.read_text(errors="replace")
 
 
+def host_env() -> dict[str, str]:
+    """The host's environment: no MSILO_* of the developer; the reminder sweep each second."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSILO_")}
+    return env | {"MSILO_REMINDER": REMINDER, "MSILO_SEND_TIME": "1"}
+
+
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[Host]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MSILO_")}
-    env |= {"MSILO_REMINDER": REMINDER, "MSILO_SEND_TIME": "1"}  # the reminder sweep each second
-    running = Host(f"sqlite:///{tmp_path / 'host.db'}", env)
+    running = Host(f"sqlite:///{tmp_path / 'host.db'}", host_env())
     try:
         yield running
     finally:
@@ -137,15 +142,19 @@ def host(tmp_path: Path) -> Iterator[Host]:
 class Agents:
     """Runs the scenarios against the host: each run traced to a file of its own."""
 
-    def __init__(self, binary: str, tmp_path: Path, host_port: int = 0) -> None:
+    def __init__(
+        self, binary: str, tmp_path: Path, host_port: int = 0, ip: str = "127.0.0.1"
+    ) -> None:
         self.binary, self.dir, self.host_port, self.runs = binary, tmp_path, host_port, 0
+        self.ip = ip  # of the host and the user agents
 
     def start(self, scenario: str, *, listen: int | None = None, **keys: str) -> Sipp:
         """Start sipp: a client of the host, or (``listen``) a UA waiting on that port."""
         self.runs += 1
         trace = self.dir / f"{self.runs}-{scenario}.log"
         remote = None if listen else self.host_port
-        return Sipp(self.binary, scenario, trace, remote, listen or free_port(), **keys)
+        port = listen or free_port(self.ip)
+        return Sipp(self.binary, scenario, trace, remote, port, self.ip, **keys)
 
     def run(self, scenario: str, **keys: str) -> str:
         return self.start(scenario, **keys).wait()
@@ -157,7 +166,7 @@ class Agents:
         """bob sends alice a MESSAGE; with ``notice_to`` bob's UA there answers the notice.
         Returns both traces (the second is "" without ``notice_to``)."""
         notice = self.start("answer_200.xml", listen=notice_to) if notice_to else None
-        contact = f"<sip:bob@127.0.0.1:{notice_to or free_port()}>"
+        contact = f"<sip:bob@{bracketed(self.ip)}:{notice_to or free_port(self.ip)}>"
         trace = self.run("message.xml", aor_user="alice", from_user="bob", binding=contact,
                          text=text)  # fmt: skip
         return trace, "" if notice is None else notice.wait()
@@ -173,8 +182,13 @@ def final_status(trace: str) -> str:
     return re.findall(r"message received \[\d+\] bytes :\n\n(SIP/2\.0 [^\n]+)", trace)[-1]
 
 
-def contact(port: int) -> str:
-    return f"<sip:alice@127.0.0.1:{port}>"
+def contact(port: int, ip: str = "127.0.0.1") -> str:
+    return f"<sip:alice@{bracketed(ip)}:{port}>"
+
+
+def bracketed(ip: str) -> str:
+    """``ip`` as the host part of a URI or Via (an IPv6 address in brackets)."""
+    return f"[{ip}]" if ":" in ip else ip
 
 
 # ---- registrar
@@ -354,6 +368,31 @@ def test_relay_timeout_is_stored_with_202(agents: Agents, host: Host) -> None:
     assert [r.body for r in host.rows()] == [b"nobody home\r\n"]
 
 
+def test_a_host_on_ipv6_loopback_serves_its_bracketed_aors(sipp: str, tmp_path: Path) -> None:
+    """``--host ::1``: AORs are sip:alice@[::1]; the default domain matches them, so a stored
+    message is dumped on REGISTER and a due reminder reaches alice's binding over ::1."""
+    host = Host(f"sqlite:///{tmp_path / 'host6.db'}", host_env(), ip="::1")
+    try:
+        agents, alice = Agents(sipp, tmp_path, host.port, ip="::1"), "sip:alice@[::1]"
+        trace, _ = agents.message("over ipv6")
+        assert final_status(trace) == "SIP/2.0 202 Accepted"
+        [row] = host.rows(alice)
+        port = free_port("::1")
+        ua = agents.start("answer_200.xml", listen=port)
+        agents.register(contact(port, "::1"))
+        assert "] over ipv6" in ua.wait()
+        host.wait_log(rf"dump {row.mid} to sip:alice@\[::1\]:{port} -> 200 OK delivered")
+        port = free_port("::1")
+        ua = agents.start("answer_200.xml", listen=port)
+        agents.register(contact(port, "::1"))  # the newest binding gets the reminder
+        mid = store_due_reminder(host, alice)
+        assert f"MESSAGE sip:alice@[::1]:{port} SIP/2.0" in ua.wait()
+        host.wait_log(rf"reminder {mid} to sip:alice@\[::1\] -> 200 OK delivered")
+        assert host.rows(alice) == []
+    finally:
+        host.stop()
+
+
 # ---- bad input, timers, command line
 
 
@@ -369,19 +408,23 @@ def test_due_reminder_is_sent_by_the_timers(agents: Agents, host: Host) -> None:
     port = free_port()
     ua = agents.start("answer_200.xml", listen=port)
     agents.register(contact(port))
-    request = SipRequest.parse(
-        b"MESSAGE sip:alice@127.0.0.1 SIP/2.0\r\nFrom: <sip:bob@127.0.0.1>;tag=1\r\n"
-        b"To: <sip:alice@127.0.0.1>\r\nCall-ID: r1\r\nCSeq: 1 MESSAGE\r\n"
-        b"Content-Type: text/plain\r\n\r\nstand-up"
-    )
-    settings = MsiloSettings(db_url=host.url, reminder=REMINDER, send_time=1)
-    with Silo.from_settings(settings, create_schema=False) as silo:
-        mid = silo.store(request, send_at=int(time.time()) - 5).mid
+    mid = store_due_reminder(host, ALICE)
     reminder = ua.wait()  # the host's timers send it to alice's binding
     assert f"MESSAGE sip:alice@127.0.0.1:{port} SIP/2.0" in reminder
     assert f"From: <{REMINDER}>" in reminder and "] stand-up" in reminder
     host.wait_log(rf"reminder {mid} to sip:alice@127\.0\.0\.1 -> 200 OK delivered")
     assert host.rows() == []
+
+
+def store_due_reminder(host: Host, to: str) -> int | None:
+    """Store a reminder to ``to`` ("stand-up", due five seconds ago) in the host's store."""
+    request = SipRequest.parse(
+        f"MESSAGE {to} SIP/2.0\r\nFrom: <sip:bob@127.0.0.1>;tag=1\r\nTo: <{to}>\r\n"
+        "Call-ID: r1\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\r\nstand-up".encode()
+    )
+    settings = MsiloSettings(db_url=host.url, reminder=REMINDER, send_time=1)
+    with Silo.from_settings(settings, create_schema=False) as silo:
+        return silo.store(request, send_at=int(time.time()) - 5).mid
 
 
 def test_help_lists_the_options() -> None:
