@@ -24,7 +24,9 @@ a bucket entry is written after the message (and removed after it), on standalon
 script maintains it in the same atomic step. Either way readers treat an entry whose message is
 gone, or no longer a reminder, as stale and drop it.
 
-Round trips: a store is INCR + one script; a claim, a delete or a release is one script. The
+Round trips: a store is INCRBY + one script; a batch of stores is INCRBY + one script per slot
+(standalone Redis: one script for the batch) in one pipeline; a claim, a delete or a release is
+one script. The
 cross-owner sweeps (due reminders, expiry) read the bucket indexes in one pipeline and then send
 their per-group scripts in one pipeline (a cluster pipeline batches them per node); each script is
 still one atomic step in one slot, so pipelining changes the number of round trips, not what any
@@ -393,19 +395,14 @@ class RedisDriver(RecordedVersion):
     @storage_step
     def insert(self, msg: NewMessage, max_messages: int = 0) -> int | None:
         """Store ``msg`` unless its owner is at quota (checked inside the insert script)."""
-        call, mid = self._insert_call(msg, int(self.client.incr(self._seq_key)), max_messages)
-        if not self._run(*call):
-            return None
-        if self._bucket_base:
-            return mid
-        self._index_new([(mid, msg)])
-        return mid
+        return self._insert_batch([msg], max_messages)[0]
 
     def insert_many(
         self, msgs: Sequence[NewMessage], max_messages: int = 0
     ) -> list[int | MsiloError | None]:
-        """Store ``msgs``: one INCRBY takes their ids, one pipeline runs their insert scripts
-        (each still one atomic step in its owner's slot, quota checked inside)."""
+        """Store ``msgs``: one INCRBY takes their ids, one insert script per slot stores them
+        (on standalone Redis one for the whole batch; each one atomic step, quota checked
+        inside, message by message)."""
         return batch.insert_checked(
             self,
             msgs,
@@ -415,25 +412,74 @@ class RedisDriver(RecordedVersion):
         )
 
     def _insert_batch(self, msgs: Sequence[NewMessage], max_messages: int) -> list[int | None]:
-        last = int(self.client.incrby(self._seq_key, len(msgs)))
-        calls: list[Call] = []
+        """Store checked messages; their ids, None for each refused at quota."""
+        first = int(self.client.incrby(self._seq_key, len(msgs))) - len(msgs) + 1
+        mids, calls, rows = self._insert_calls(msgs, first, max_messages)
+        done = [self._run(*calls[0])] if len(calls) == 1 else self._run_many(calls)
+        answers: list[int | None] = [None] * len(msgs)
+        for part, replies in zip(rows, done, strict=True):
+            for i, ok in zip(part, replies, strict=True):
+                if ok:
+                    answers[i] = mids[i]
+        if not self._bucket_base:
+            stored = [(m, msg) for m, msg in zip(answers, msgs, strict=True) if m is not None]
+            if stored:
+                self._index_new(stored)
+        return answers
+
+    def _insert_calls(
+        self, msgs: Sequence[NewMessage], first: int, max_messages: int
+    ) -> tuple[list[int], list[Call], list[list[int]]]:
+        """The ids of ``msgs`` (sequence numbers from ``first``), the insert script calls that
+        store them (one per slot on a cluster, else one; at most _BATCH messages each) and the
+        positions in ``msgs`` of each call's messages."""
+        prefix = self._prefix
+        by_slot = not self._bucket_base  # a cluster: one call per group
         mids: list[int] = []
-        for seq, msg in enumerate(msgs, start=last - len(msgs) + 1):
-            call, mid = self._insert_call(msg, seq, max_messages)
-            calls.append(call)
+        calls: list[Call] = []
+        rows: list[list[int]] = []
+        open_calls: dict[int, tuple[list[bytes], list[Any], list[int]]] = {}
+        for i, msg in enumerate(msgs):
+            group = _owner_keys(prefix, msg.username, msg.domain)[0]
+            mid = (first + i) * GROUPS + group
             mids.append(mid)
-        done = self._run_many(calls)
-        stored = [(mid, msg) for mid, msg, ok in zip(mids, msgs, done, strict=True) if ok]
-        if stored and not self._bucket_base:
-            self._index_new(stored)
-        return [mid if ok else None for mid, ok in zip(mids, done, strict=True)]
+            slot = group if by_slot else 0
+            part = open_calls.get(slot)
+            if part is None or len(part[0]) >= _BATCH:
+                part = open_calls[slot] = ([], [max_messages], [])
+                calls.append(("insert", part[0], part[1]))
+                rows.append(part[2])
+            part[0].append(b"{%s:g%d}:m:%d" % (prefix, group, mid))
+            part[1].extend(
+                (
+                    mid,
+                    msg.inc_time,
+                    msg.exp_time,
+                    msg.snd_time,
+                    _text(msg.src_addr),
+                    _text(msg.dst_addr),
+                    _text(msg.username),
+                    _text(msg.domain),
+                    bytes(msg.body),
+                    _text(msg.ctype),
+                    _text(msg.extra_hdrs),
+                    _text(msg.callid),
+                )
+            )
+            part[2].append(i)
+        return mids, calls, rows
 
     def _index_new(self, stored: Sequence[tuple[int, NewMessage]]) -> None:
-        """Cluster only: add new messages to the bucket indexes; should that fail, delete them
-        again (without their index entries they would never expire nor be reminded)."""
+        """Cluster only: add new messages to the bucket indexes (one script per bucket); should
+        that fail, delete them again (without their index entries they would never expire nor
+        be reminded)."""
+        by_bucket: dict[int, list[int]] = defaultdict(list)
+        for mid, msg in stored:
+            by_bucket[mid % BUCKETS] += (mid, msg.exp_time, msg.snd_time)
         calls: list[Call] = [
-            ("index", self._buckets[mid % BUCKETS], (mid, msg.exp_time, msg.snd_time))
-            for mid, msg in stored
+            ("index", self._buckets[bucket], triples[i : i + 3 * _BATCH])
+            for bucket, triples in by_bucket.items()
+            for i in range(0, len(triples), 3 * _BATCH)
         ]
         try:
             if len(calls) == 1:
@@ -481,33 +527,6 @@ class RedisDriver(RecordedVersion):
             for i, ok in zip(todo, self._step(run), strict=True):
                 results[i] = bool(ok)
         return results
-
-    def _insert_call(self, msg: NewMessage, seq: int, max_messages: int) -> tuple[Call, int]:
-        """The insert script call of ``msg`` with sequence number ``seq``, and its id."""
-        group, exp_key, off_key = _owner_keys(self._prefix, msg.username, msg.domain)
-        mid = seq * GROUPS + group
-        msg_key = b"{%s:g%d}:m:%d" % (self._prefix, group, mid)
-        inc, exp, snd = msg.inc_time, msg.exp_time, msg.snd_time
-        f = self._fields
-        args: tuple[Any, ...] = (
-            *(max_messages, inc, exp, snd, mid),
-            *(f["mid"], mid),
-            *(f["src_addr"], _text(msg.src_addr)),
-            *(f["dst_addr"], _text(msg.dst_addr)),
-            *(f["username"], _text(msg.username)),
-            *(f["domain"], _text(msg.domain)),
-            *(f["body"], bytes(msg.body)),
-            *(f["ctype"], _text(msg.ctype)),
-            *(f["inc_time"], inc),
-            *(f["exp_time"], exp),
-            *(f["snd_time"], snd),
-            *(f["attempts"], 0),
-        )
-        if msg.extra_hdrs:  # absent fields read back as ""
-            args += (f["extra_hdrs"], _text(msg.extra_hdrs))
-        if msg.callid:
-            args += (f["callid"], _text(msg.callid))
-        return ("insert", (exp_key, off_key, msg_key), args), mid
 
     @storage_step
     def claim(

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from .base import LEASE_FIELDS, MESSAGE_FIELDS
 
-__all__ = ["RECORD_FIELDS", "SCRIPT_NAMES", "build_scripts"]
+__all__ = ["INSERT_WIDTH", "RECORD_FIELDS", "SCRIPT_NAMES", "build_scripts"]
 
 #: StoredMessage attributes in the order the scripts return a record's fields.
 RECORD_FIELDS = ("mid", *MESSAGE_FIELDS, *LEASE_FIELDS)
 
 _PRELUDE = """
-local F_USER, F_DOMAIN = {username}, {domain}
-local F_EXP, F_SND = {exp_time}, {snd_time}
+local F_MID, F_SRC, F_DST, F_BODY, F_CTYPE = {mid}, {src_addr}, {dst_addr}, {body}, {ctype}
+local F_USER, F_DOMAIN, F_EXTRA, F_CALLID = {username}, {domain}, {extra_hdrs}, {callid}
+local F_INC, F_EXP, F_SND = {inc_time}, {exp_time}, {snd_time}
 local F_TOKEN, F_UNTIL, F_ATT = {lease_token}, {lease_until}, {attempts}
 local RECORD = {{{record}}}
 -- Positions in RECORD (see RECORD_FIELDS) of the fields the claims check and set.
@@ -92,22 +93,46 @@ end
 # Every group script takes the bucket base (see the prelude) as its first ARGV, removed before
 # the ARGV positions below are counted.
 
-# KEYS: owner exp set, owner off set, message hash.
-# ARGV: max_messages, inc_time, exp_time, snd_time, mid, field1, value1, ...
-# Returns 1 when stored (also when this very message was stored by an earlier, retried call),
-# 0 when the owner is at quota.
+#: ARGV items per message of the insert script.
+INSERT_WIDTH = 12
+
+# KEYS: the messages' hashes (one slot on a cluster). ARGV: max_messages, then INSERT_WIDTH
+# values per message: mid, inc_time, exp_time, snd_time, src_addr, dst_addr, username, domain,
+# body, ctype, extra_hdrs, callid (an empty extra_hdrs or callid is left out of the hash).
+# Returns one answer per message, in order: 1 stored (also when an earlier, retried call stored
+# this very message), 0 its owner at quota. Messages are stored in turn, so an owner's quota
+# counts the ones before it in the same call.
 _INSERT = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return 1 end
 local max = tonumber(ARGV[1])
-if max > 0 and redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], '+inf') >= max then
-  return 0
+local out = {}
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * INSERT_WIDTH + 1
+  local mid, inc, exp, snd = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local user, domain = ARGV[a + 7], ARGV[a + 8]
+  out[i] = 1
+  if redis.call('EXISTS', key) == 0 then
+    -- The key is base .. 'm:' .. mid: the owner keys share its base (its slot).
+    local base = string.sub(key, 1, #key - #mid - 2)
+    local exp_key = owner_key(base, user, domain, 'exp')
+    if max > 0 and redis.call('ZCOUNT', exp_key, '(' .. inc, '+inf') >= max then
+      out[i] = 0
+    else
+      local f = {F_MID, mid, F_SRC, ARGV[a + 5], F_DST, ARGV[a + 6], F_USER, user,
+        F_DOMAIN, domain, F_BODY, ARGV[a + 9], F_CTYPE, ARGV[a + 10], F_INC, inc, F_EXP, exp,
+        F_SND, snd, F_ATT, '0'}
+      if ARGV[a + 11] ~= '' then f[#f + 1] = F_EXTRA; f[#f + 1] = ARGV[a + 11] end
+      if ARGV[a + 12] ~= '' then f[#f + 1] = F_CALLID; f[#f + 1] = ARGV[a + 12] end
+      redis.call('HSET', key, unpack(f))
+      redis.call('ZADD', exp_key, exp, mid)
+      if tonumber(snd) == 0 then
+        redis.call('ZADD', owner_key(base, user, domain, 'off'), mid, mid)
+      end
+      index(mid, exp, snd)
+    end
+  end
 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 6))
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[5])
-if tonumber(ARGV[4]) == 0 then redis.call('ZADD', KEYS[2], ARGV[5], ARGV[5]) end
-index(ARGV[5], ARGV[3], ARGV[4])
-return 1
-"""
+return out
+""".replace("INSERT_WIDTH", str(INSERT_WIDTH))
 
 # KEYS: owner off set. ARGV: message key base, now, lease_until, token, limit.
 # Leases the owner's deliverable messages in mid order; returns their records.
@@ -231,10 +256,13 @@ end
 return {n, gone}
 """
 
-# Cluster only. KEYS: bucket exp index, bucket reminder index. ARGV: mid, exp_time, snd_time.
+# Cluster only. KEYS: bucket exp index, bucket reminder index.
+# ARGV: mid, exp_time, snd_time of each message.
 _INDEX = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-if tonumber(ARGV[3]) > 0 then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]) end
+for i = 1, #ARGV, 3 do
+  redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+  if tonumber(ARGV[i + 2]) > 0 then redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i]) end
+end
 return 1
 """
 
