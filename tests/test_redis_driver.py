@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 import redis
+import redis.asyncio as aredis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -344,3 +346,42 @@ def test_schema_versions_are_recorded_and_migrated(driver: RedisDriver) -> None:
             driver.client.set(key, version)
 
     check_version_cycle(driver, record)
+
+
+# ---- the asyncio client's command packing -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("EVALSHA", "ab" * 20, 2, b"k1", b"k2", b"", 3, 2**53, b"\x00\r\n\xff", "t\u00e9xt"),
+        ("SCRIPT LOAD", "return 1"),  # a name with a space: two arguments
+        (b"CLIENT SETNAME", b"x"),
+        ("SET", b"k", bytearray(b"v"), "PX", 1.5),  # hiredis refuses a bytearray
+        ("SET", b"k", memoryview(b"v" * 10_000)),
+    ],
+)
+def test_asyncio_connections_pack_commands_as_redis_py_does(command: tuple[object, ...]) -> None:
+    plain = aredis.Connection()
+    fast = rdriver._hiredis_packing(aredis.Connection)()
+    assert fast.pack_command is not plain.pack_command
+    assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
+
+
+def test_the_asyncio_driver_packs_with_hiredis() -> None:
+    async def main() -> None:
+        d = await rdriver.open_redis_async(
+            backend_url("redis"), StoreLayout(table=unique_table("silo_")), DriverOptions()
+        )
+        try:
+            await d.create_schema()
+            pool = d.sync.client.target.connection_pool  # type: ignore[attr-defined]
+            assert pool.connection_class is rdriver._hiredis_packing(aredis.Connection)
+            got = await d.insert_many([make_message(body=b"%d" % i) for i in range(3)])
+            assert all(isinstance(m, int) for m in got)
+            assert await d.count("alice", "example.com", NOW) == 3
+        finally:
+            await d.drop_schema()
+            await d.close()
+
+    asyncio.run(main())
