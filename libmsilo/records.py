@@ -11,6 +11,7 @@ from .errors import InvalidRequest
 
 __all__ = [
     "CORE_FIELDS",
+    "DEFAULT_TTL_DELAY",
     "IDENTIFIER_RE",
     "KAMAILIO_FIELDS",
     "LEASE_FIELDS",
@@ -152,6 +153,10 @@ class StoreLayout:
             raise ValueError("column names must be distinct")
 
 
+#: Seconds the MongoDB TTL index waits after ``exp_time`` before the server removes a row.
+DEFAULT_TTL_DELAY = 86_400
+
+
 @dataclass(frozen=True, slots=True)
 class DriverOptions:
     """Backend-independent connection options."""
@@ -166,6 +171,10 @@ class DriverOptions:
     wait_replicas: int = 0
     wait_timeout: float = 1.0
     wait_aof: bool = False
+    #: MongoDB (other drivers ignore it): seconds after ``exp_time`` at which the server's TTL
+    #: index deletes a row, a backstop behind ``delete_expired``; None: no TTL index (a store
+    #: run on a fake clock, whose times may lie in the real past). See docs/mongo-driver.md.
+    ttl_delay: int | None = DEFAULT_TTL_DELAY
 
 
 # ---- the values a store holds: one check each, used by the core and by every driver

@@ -145,6 +145,27 @@ def test_create_schema_updates_or_removes_the_ttl_index(make: Factory) -> None:
     assert mid is not None and second.get(mid) is not None  # rows are kept
 
 
+@pytest.mark.parametrize(
+    ("options", "delay"),
+    [
+        (DriverOptions(), DEFAULT_TTL_DELAY),
+        (DriverOptions(ttl_delay=600), 600),
+        (DriverOptions(ttl_delay=None), None),
+    ],
+)
+def test_driver_options_set_the_ttl_delay(options: DriverOptions, delay: int | None) -> None:
+    url, layout = f"mongomock://{unique_table('db')}", StoreLayout(table=unique_table())
+    driver = open_driver(url, layout, options)
+    assert isinstance(driver, MongoDriver)
+    try:
+        driver.create_schema()
+        ttl = _raw(driver).index_information().get("exp_at_1")
+        assert (None if ttl is None else ttl["expireAfterSeconds"]) == delay
+    finally:
+        driver.drop_schema()
+        driver.close()
+
+
 def test_schema_versions_are_recorded_and_migrated(make: Factory) -> None:
     d = make()
     counters = d.database[f"{_table(d)}_counters"]

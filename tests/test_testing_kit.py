@@ -17,6 +17,7 @@ from libmsilo import (
     StoreStatus,
 )
 from libmsilo.drivers.memory import MemoryDriver
+from libmsilo.drivers.mongo import MongoDriver
 from libmsilo.testing import (
     FakeClock,
     SnapshotChecker,
@@ -24,6 +25,7 @@ from libmsilo.testing import (
     assert_notice,
     assert_stored,
     isolated_settings,
+    open_test_silo,
     render_messages,
     sip,
 )
@@ -85,6 +87,14 @@ def test_a_silo_on_the_clock_expires_and_reminds_when_the_clock_says() -> None:
 
 
 # ---- SIP builders
+
+
+def test_open_test_silo_leaves_out_the_mongo_ttl_index() -> None:
+    # The fake clock's Monday lies in the real past: a TTL index would delete its rows.
+    with open_test_silo("mongomock://", FakeClock()) as kit:
+        assert isinstance(kit.driver, MongoDriver)
+        indexes = kit.driver.database[kit.settings.db_table].index_information()
+    assert len(indexes) > 1 and "exp_at_1" not in indexes  # the others are made
 
 
 def test_message_builder_makes_a_complete_request() -> None:

@@ -38,6 +38,7 @@ from pymongo.errors import (
 )
 
 from ..errors import MsiloError, SettingsError, StorageError, StorageUnavailable
+from ..records import DEFAULT_TTL_DELAY
 from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
 from .plumbing import ErrorTable, storage_step
@@ -47,9 +48,6 @@ from .schemes import scheme_of
 __all__ = ["DEFAULT_TTL_DELAY", "MongoDriver", "open_mongo", "open_mongomock"]
 
 log = logging.getLogger("libmsilo")
-
-#: Seconds the TTL index waits after ``exp_time`` before the server removes a row.
-DEFAULT_TTL_DELAY = 86_400
 
 DEFAULT_DATABASE = "msilo"
 
@@ -746,11 +744,12 @@ def open_mongo(url: str, layout: StoreLayout, options: DriverOptions) -> MongoDr
 
     The database is the URL's path (default ``msilo``). ``options.timeout`` becomes the server
     selection, connect and socket timeouts and the pool's wait, ``options.pool_size`` its
-    ``maxPoolSize``, unless the URL sets them itself.
+    ``maxPoolSize``, unless the URL sets them itself; ``options.ttl_delay`` is the TTL index's.
     """
+    timeout, ttl_delay = options.timeout, options.ttl_delay  # what the driver itself takes
     if scheme_of(url, "mongo").backend == "mongomock":
         name = urlsplit(url).path.lstrip("/") or DEFAULT_DATABASE
-        return open_mongomock(name, layout, timeout=options.timeout)
+        return open_mongomock(name, layout, timeout=timeout, ttl_delay=ttl_delay)
     given = {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
     timeouts: dict[str, Any] = {
         key: _milliseconds(options.timeout)
@@ -769,7 +768,7 @@ def open_mongo(url: str, layout: StoreLayout, options: DriverOptions) -> MongoDr
     except (ConfigurationError, InvalidName) as exc:
         client.close()
         raise SettingsError(f"db_url: {exc}") from exc
-    return MongoDriver(database, layout, client=client, timeout=options.timeout)
+    return MongoDriver(database, layout, client=client, timeout=timeout, ttl_delay=ttl_delay)
 
 
 def open_mongomock(

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from ..drivers import open_driver, url_scheme
+from ..drivers import open_driver
 from ..drivers.base import Driver
 from ..settings import MsiloSettings
 from ..silo import Clock, Silo
 from .conformance import unique_table
 
 __all__ = ["isolated_settings", "open_test_silo"]
-
-_MONGO_SCHEMES = ("mongodb", "mongodb+srv", "mongomock")
 
 
 class _IsolatedSettings(MsiloSettings):
@@ -42,14 +41,10 @@ def isolated_settings(**values: Any) -> MsiloSettings:
 
 
 def _open_driver(settings: MsiloSettings) -> Driver:
-    driver = open_driver(settings.db_url, settings.layout(), settings.driver_options())
-    if url_scheme(settings.db_url) in _MONGO_SCHEMES:
-        from ..drivers.mongo import MongoDriver
-
-        if isinstance(driver, MongoDriver):
-            # The TTL backstop deletes by the real clock; a fake clock's times may lie in the
-            # real past, and the rows would vanish under the test.
-            driver._ttl_delay = None
+    # No MongoDB TTL index (other drivers ignore ttl_delay): it deletes by the real clock, and
+    # a fake clock's times may lie in the real past, so the rows would vanish under the test.
+    options = replace(settings.driver_options(), ttl_delay=None)
+    driver = open_driver(settings.db_url, settings.layout(), options)
     driver.create_schema()
     return driver
 
@@ -58,7 +53,8 @@ def _open_driver(settings: MsiloSettings) -> Driver:
 def open_test_silo(url: str, clock: Clock, **values: Any) -> Iterator[Silo]:
     """A Silo on ``url`` in a table (collection, key prefix) of its own, dropped on exit.
 
-    On MongoDB the TTL index backstop is left out: it deletes by the real clock."""
+    On MongoDB the TTL index backstop is left out (``DriverOptions.ttl_delay=None``): it
+    deletes by the real clock."""
     values = {**values, "db_url": url, "db_table": unique_table("msilo_t")}
     settings = isolated_settings(**values)
     silo = Silo(_open_driver(settings), settings, clock=clock)
