@@ -35,6 +35,8 @@ BODY = b"Hello, this is a stored benchmark message number %d."
 # src_addr, dst_addr, username, domain, body, ctype, inc_time, exp_time, snd_time:
 # the column order of the silo table [BEHAVIOUR.md §8.2].
 Row = tuple[str, str, str, str, bytes, str, int, int, int]
+#: A row without its times (src_addr ... ctype): what parsing a MESSAGE gives.
+Fields = tuple[str, str, str, str, bytes, str]
 
 
 def unique_name(prefix: str = "msilo_bench_") -> str:
@@ -42,7 +44,8 @@ def unique_name(prefix: str = "msilo_bench_") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
-def _row(user: str, n: int, inc: int, exp: int, snd: int = 0) -> Row:
+def _fields(user: str, n: int) -> Fields:
+    """Message ``n`` to ``user`` (from one of 97 senders)."""
     return (
         f"sip:sender{n % 97}@{DOMAIN}",
         f"sip:{user}@{DOMAIN}",
@@ -50,10 +53,11 @@ def _row(user: str, n: int, inc: int, exp: int, snd: int = 0) -> Row:
         DOMAIN,
         BODY % n,
         "text/plain",
-        inc,
-        exp,
-        snd,
     )
+
+
+def _row(user: str, n: int, inc: int, exp: int, snd: int = 0) -> Row:
+    return (*_fields(user, n), inc, exp, snd)
 
 
 def other_rows(count: int, now: int, *, per_owner: int = 10) -> Iterator[Row]:
@@ -101,23 +105,10 @@ def store_requests(count: int, owners: int) -> list[SipRequest]:
     return out
 
 
-def store_rows(count: int, owners: int) -> list[tuple[str, str, str, str, bytes, str]]:
+def store_rows(count: int, owners: int) -> list[Fields]:
     """What a hand-written store has once its SIP stack parsed the same requests: the From and
     To URIs, the owner, body and Content-Type (times are added when storing)."""
-    out = []
-    for n in range(count):
-        user = _owner(n, owners)
-        out.append(
-            (
-                f"sip:sender{n % 97}@{DOMAIN}",
-                f"sip:{user}@{DOMAIN}",
-                user,
-                DOMAIN,
-                BODY % n,
-                "text/plain",
-            )
-        )
-    return out
+    return [_fields(_owner(n, owners), n) for n in range(count)]
 
 
 @dataclass(frozen=True, slots=True)
