@@ -2,19 +2,26 @@
 and PostgreSQL, driven by sipp on loopback.
 
 Each run starts Debian's Kamailio with a fresh ``silo`` table made from Kamailio's own schema
-files, sends ``--messages`` MESSAGEs for offline users with sipp (at most ``--concurrency`` open
-at a time, no retransmissions, bounded by ``--timeout``), checks that every one was answered 202
-and stored, and reports messages per second of wall time. The figures replace the section between
-the markers in ``benchmarks/RESULTS.md``::
+files and sends ``--messages`` MESSAGEs for offline users with sipp as fast as Kamailio answers
+(``-r`` far above any reachable rate, at most ``--concurrency`` open at a time, no
+retransmissions, each reply awaited at most ``--recv-timeout`` ms, the whole run bounded by
+``--timeout``). It counts the 202s, the 500s and the replies that never came (sipp's statistics),
+reads every stored row back (each message's number is in its body: a missing or doubled one is
+reported) and measures messages per second of sipp's wall time and the CPU time Kamailio's
+processes spent per message. The two servers run alternately, in a different order each round,
+with the same workers on the same database. The figures replace the section between the markers
+in ``benchmarks/RESULTS.md``::
 
-    python benchmarks/kamailio_store_rate.py [--messages 2000] [--repeat 3] [--pg-url URL]
+    python benchmarks/kamailio_store_rate.py [--messages 5000] [--repeat 3] [--pg-url URL]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import re
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -44,6 +51,9 @@ START, END = "<!-- kamailio-store-rate:start -->", "<!-- kamailio-store-rate:end
 KAMAILIO_SQL = Path("/usr/share/kamailio")
 NATIVE_CFG = ROOT / "tests" / "kamailio" / "msilo_native.cfg"
 USERS = 50  # the MESSAGEs go to this many offline users in turn
+TEXT = "benchmark message"  # the scenario appends the call number: "benchmark message 17"
+SERVERS = ("msilo", "libmsilo")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -52,21 +62,42 @@ class Backend:
     libmsilo_url: str  # SQLAlchemy URL
     kamailio_url: str  # Kamailio's db_url
     defines: dict[str, str]
-    # Kamailio's db_sqlite sets no busy timeout: a second worker's insert fails with "database
-    # is locked" and msilo loses the message, so SQLite runs with one SIP worker on both sides
-    # (msilo's clean timer still collides now and then).
-    children: int = 2
+    children: int
 
 
-def _sqlite(workdir: Path) -> Backend:
+@dataclass
+class Run:
+    """One sipp run against one Kamailio."""
+
+    rate: float  # messages per second of sipp's wall time
+    cpu_ms: float  # CPU time of Kamailio's processes per message, milliseconds
+    sipp_cpu_ms: float  # sipp's CPU time per message, milliseconds
+    refused: int  # answered 500: not stored, and the sender knows
+    unanswered: int  # no final reply within --recv-timeout, or any other failure
+    missing: int  # messages without a row
+    doubled: int  # rows stored more than once, or for no message sent
+
+    @property
+    def lost(self) -> int:
+        """Messages answered 202 but not stored, or stored twice: a broken promise (a lower
+        bound should an unanswered message have been stored)."""
+        return max(0, self.missing - self.refused - self.unanswered) + self.doubled
+
+
+def _sqlite(workdir: Path, children: int) -> Backend:
     db = workdir / "silo.db"
     with sqlite3.connect(db) as conn:
+        # WAL for both servers (libmsilo's driver sets it on every connection; Kamailio's
+        # db_sqlite keeps whatever the file has): each commit appends to the log and syncs it
+        # (synchronous=FULL, SQLite's default, on both sides).
+        conn.execute("PRAGMA journal_mode=WAL")
         for part in ("standard", "msilo"):
             conn.executescript((KAMAILIO_SQL / "db_sqlite" / f"{part}-create.sql").read_text())
-    return Backend("SQLite", f"sqlite:///{db}", f"sqlite:///{db}", {}, children=1)
+    url = f"sqlite:///{db}"
+    return Backend("SQLite", url, url, {}, children)
 
 
-def _postgres(url: str) -> Backend:
+def _postgres(url: str, children: int) -> Backend:
     import psycopg
 
     plain = re.sub(r"^postgresql\+psycopg://", "postgresql://", url)
@@ -75,17 +106,25 @@ def _postgres(url: str) -> Backend:
         for part in ("standard", "msilo"):
             conn.execute((KAMAILIO_SQL / "postgres" / f"{part}-create.sql").read_text())
     kamailio_url = re.sub(r"^postgresql(\+psycopg)?://", "postgres://", url)
-    return Backend("PostgreSQL", url, kamailio_url, {"WITH_POSTGRES": "1"})
+    return Backend("PostgreSQL", url, kamailio_url, {"WITH_POSTGRES": "1"}, children)
 
 
-def _rows(backend: Backend) -> int:
-    """Rows in the silo table (plain SQL: Kamailio's table may not be migrated)."""
+def _check_rows(backend: Backend, messages: int) -> tuple[int, int]:
+    """Read every stored body back: (messages missing, rows stored twice or not sent)."""
     engine = sa.create_engine(backend.libmsilo_url)
     try:
         with engine.connect() as conn:
-            return int(conn.execute(sa.text("SELECT count(*) FROM silo")).scalar_one())
+            bodies = conn.execute(sa.text("SELECT body FROM silo")).scalars().all()
     finally:
         engine.dispose()
+    numbers: list[int] = []
+    for body in bodies:
+        text = bytes(body).decode() if isinstance(body, bytes | memoryview) else str(body)
+        number = text.strip().removeprefix(TEXT)
+        numbers.append(int(number) if number.strip().isdigit() else 0)
+    seen = set(numbers)
+    missing = sum(1 for n in range(1, messages + 1) if n not in seen)
+    return missing, len(numbers) - len(seen & set(range(1, messages + 1)))
 
 
 def _kamailio(which: str, backend: Backend, workdir: Path, net: Net) -> Kamailio:
@@ -101,7 +140,8 @@ def _kamailio(which: str, backend: Backend, workdir: Path, net: Net) -> Kamailio
         MSILO_DB_URL=backend.libmsilo_url,
         MSILO_PROFILE="kamailio",
     )
-    defines = {"KEMI_SCRIPT": f'"{EXAMPLE / "msilo_kemi.py"}"'}
+    script = os.environ.get("KEMI", str(EXAMPLE / "msilo_kemi.py"))
+    defines = {"KEMI_SCRIPT": f'"{script}"'}
     cfg = EXAMPLE / "kamailio.cfg"
     return Kamailio(net, workdir, cfg, env, defines=defines, children=backend.children)
 
@@ -112,34 +152,92 @@ def _users_csv(workdir: Path) -> Path:
     return path
 
 
-def run_once(
-    which: str, backend: Backend, args: argparse.Namespace, workdir: Path
-) -> tuple[float, int]:
-    """Messages per second for one Kamailio run, and how many messages were not stored (a
-    store the server refused is answered 500 and lost)."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and every process below it (Kamailio's workers)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    tree = {pid}
+    grew = True
+    while grew:
+        below = {child for child, parent in parents.items() if parent in tree} - tree
+        grew = bool(below)
+        tree |= below
+    return sum(times.get(p, 0.0) for p in tree)
+
+
+def _children_cpu() -> float:
+    """User + system CPU time of this process's waited-for children (sipp)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _sipp_stats(path: Path) -> dict[str, str]:
+    """The last row of sipp's statistics file (cumulative counters end in ``(C)``)."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter=";"))
+    return {k: v for k, v in rows[-1].items() if k} if rows else {}
+
+
+def _count(stats: dict[str, str], name: str) -> int:
+    return int(stats.get(f"{name}(C)", "0") or 0)
+
+
+def run_once(which: str, backend: Backend, args: argparse.Namespace, workdir: Path) -> Run:
+    """One sipp run against a fresh Kamailio on ``backend``."""
     net = Net()  # host loopback, free ports: PostgreSQL listens there
     kamailio = _kamailio(which, backend, workdir, net)
     kamailio.start()
+    assert kamailio.proc is not None
     try:
+        stats = workdir / "sipp-stats.csv"
         argv = ["sipp", kamailio.address, "-sf", str(SCENARIOS / "message_bench.xml")]
         argv += ["-inf", str(_users_csv(workdir)), "-i", "127.0.0.1", "-p", str(net.port())]
-        argv += ["-key", "domain", kamailio.address, "-key", "text", "benchmark message"]
+        argv += ["-key", "domain", kamailio.address, "-key", "text", TEXT]
+        # Offer far more than any server answers; -l bounds the MESSAGEs open at once.
         argv += ["-m", str(args.messages), "-l", str(args.concurrency), "-r", "100000"]
-        argv += ["-nr", "-nostdin", "-timeout", f"{args.timeout}s", "-timeout_error"]
-        argv += ["-default_behaviors", "-bye"]  # a failed call ends there, without a BYE
+        argv += ["-nr", "-recv_timeout", str(args.recv_timeout), "-nostdin"]
+        argv += ["-timeout", f"{args.timeout}s", "-timeout_error"]
+        argv += ["-default_behaviors", "abortunexp"]  # a 500 ends its MESSAGE (no BYE)
+        argv += ["-trace_stat", "-stf", str(stats), "-fd", "3600"]
         argv += ["-trace_err", "-error_file", str(workdir / "sipp-errors.log")]
         argv += ["-mp", str(20000 + net.port() % 5000 * 8)]
+        cpu_before = _cpu_seconds(kamailio.proc.pid)
+        sipp_before = _children_cpu()
         started = time.perf_counter()
-        out = subprocess.run(argv, capture_output=True, timeout=args.timeout + 30)
+        out = subprocess.run(net.prefix() + argv, capture_output=True, timeout=args.timeout + 30)
         elapsed = time.perf_counter() - started
+        cpu = _cpu_seconds(kamailio.proc.pid) - cpu_before
+        sipp_cpu = _children_cpu() - sipp_before
     finally:
         kamailio.stop()
+    (workdir / "sipp.out").write_bytes(out.stdout + out.stderr)
     if out.returncode not in (0, 1):  # 1: some calls failed (counted below)
         raise RuntimeError(f"sipp failed ({out.returncode}): {out.stderr[-500:]!r}")
-    stored = _rows(backend)
-    if stored > args.messages:
-        raise RuntimeError(f"{which}: {stored} rows for {args.messages} messages")
-    return args.messages / elapsed, args.messages - stored
+    sipp = _sipp_stats(stats)
+    accepted, failed = _count(sipp, "SuccessfulCall"), _count(sipp, "FailedCall")
+    if accepted + failed != args.messages:
+        raise RuntimeError(f"sipp counted {accepted} + {failed} calls for {args.messages}")
+    refused = _count(sipp, "FailedUnexpectedMessage")  # the scenario expects only a 202
+    missing, doubled = _check_rows(backend, args.messages)
+    return Run(
+        rate=args.messages / elapsed,
+        cpu_ms=cpu * 1000 / args.messages,
+        sipp_cpu_ms=sipp_cpu * 1000 / args.messages,
+        refused=refused,
+        unanswered=failed - refused,
+        missing=missing,
+        doubled=doubled,
+    )
 
 
 def _versions() -> str:
@@ -157,47 +255,75 @@ def _embedded() -> str:
     return f"CPython {out.stdout.strip()}"
 
 
-Results = dict[tuple[str, str], list[tuple[float, int]]]
+Results = dict[tuple[str, str], list[Run]]
 
 METHOD = """\
-sipp sends MESSAGEs for 50 offline users over UDP on 127.0.0.1 (no retransmissions, at most
-{concurrency} open at once); Kamailio stores each and answers 202; no offline notice. SQLite runs
-with one SIP worker on both sides: Kamailio's db_sqlite sets no busy timeout, so with two workers
-many inserts fail with `database is locked` and msilo answers 500 (the message is lost); its clean
-timer still collides with the one worker now and then. PostgreSQL runs with two workers.
-Kamailio's msilo runs from a native config (`tests/kamailio/msilo_native.cfg`), libmsilo from
-`examples/kamailio/` (app_python3, `kamailio` profile), both on a fresh `silo` table from
-Kamailio's own schema files (migrated for libmsilo). Figures: messages per second of wall time,
-median of the runs (min-max); `lost`: messages answered 500 instead of stored, over all runs (the
-row count is checked after each run)."""
+sipp sends {messages:,} MESSAGEs per run for 50 offline users over UDP on 127.0.0.1, offered far
+faster than any server answers (`-r 100000`) with at most {concurrency} open at once (`-l`), no
+retransmissions, each reply awaited at most {recv_timeout} ms (`-recv_timeout`), a 500 ending its
+MESSAGE (`-default_behaviors abortunexp`); Kamailio stores each and answers 202, no offline
+notice. Both servers run with the same SIP workers on the same database, one after the other in
+alternating order each round: Kamailio's msilo from a native config
+(`tests/kamailio/msilo_native.cfg`), libmsilo from `examples/kamailio/` (app_python3, `kamailio`
+profile), both on a fresh `silo` table from Kamailio's own schema files (migrated for libmsilo).
+SQLite runs in WAL mode with SQLite's default `synchronous=FULL` for both (one log sync per
+commit) and one SIP worker: Kamailio's db_sqlite sets no busy timeout, so with a second writer
+msilo answers 500 for most inserts (`database is locked`). After each run every stored body is
+read back. Figures: messages per second of sipp's wall time, median of the runs (min-max); the
+CPU time of all Kamailio processes and of sipp per message (medians; the database server's own
+CPU is not counted); over all runs, `500`: refused (not stored, the sender told), `lost`: answered
+202 but not stored or stored twice, `no reply`: no final reply within the receive timeout."""
 
 
-def _section(results: Results, args: argparse.Namespace) -> str:
-    load = os.getloadavg()[0]
+def _median_range(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def _problems(runs: list[Run]) -> str:
+    counts = [
+        (sum(r.refused for r in runs), "500"),
+        (sum(r.lost for r in runs), "lost"),
+        (sum(r.unanswered for r in runs), "no reply"),
+    ]
+    return ", ".join(f"{n} {what}" for n, what in counts if n) or "none"
+
+
+def _section(results: Results, args: argparse.Namespace, load: tuple[float, float]) -> str:
     lines = [
         START,
         "## Kamailio: MESSAGE store rate through the SIP server (sipp)",
         "",
         f"`python benchmarks/kamailio_store_rate.py --messages {args.messages} "
-        f"--repeat {args.repeat} --concurrency {args.concurrency}`, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {load:.1f} (shared machine, "
-        f"2 cores). {_versions()}; libmsilo in Kamailio's embedded {_embedded()}.",
+        f"--repeat {args.repeat} --concurrency {args.concurrency} "
+        f"--children {args.children}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average "
+        f"{load[0]:.1f} before and {load[1]:.1f} after (2 cores shared with other work). "
+        f"{_versions()}; libmsilo in Kamailio's embedded {_embedded()}.",
         "",
-        METHOD.format(concurrency=args.concurrency),
+        METHOD.format(
+            messages=args.messages, concurrency=args.concurrency, recv_timeout=args.recv_timeout
+        ),
         "",
-        "| backend | Kamailio msilo | Kamailio + libmsilo | libmsilo / msilo |",
-        "| --- | --- | --- | --- |",
+        "| backend | SIP workers | server | msg/s | Kamailio CPU ms/msg | sipp CPU ms/msg | "
+        "not stored |",
+        "| --- | ---: | --- | ---: | ---: | ---: | --- |",
     ]
-    for backend in dict.fromkeys(b for b, _ in results):
-        cells = []
-        medians = []
-        for which in ("msilo", "libmsilo"):
-            rates = [rate for rate, _ in results[(backend, which)]]
-            lost = sum(n for _, n in results[(backend, which)])
-            medians.append(statistics.median(rates))
-            cell = f"{medians[-1]:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
-            cells.append(cell + (f", lost {lost}" if lost else ""))
-        lines.append(f"| {backend} | {cells[0]} | {cells[1]} | {medians[1] / medians[0]:.2f} |")
+    for name, children in _children(args).items():
+        label = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[name]
+        medians = {}
+        for which, title in (("msilo", "Kamailio msilo (C)"), ("libmsilo", "Kamailio + libmsilo")):
+            runs = results.get((label, which))
+            if not runs:
+                continue
+            medians[which] = statistics.median(r.rate for r in runs)
+            cpu = statistics.median(r.cpu_ms for r in runs)
+            sipp = statistics.median(r.sipp_cpu_ms for r in runs)
+            lines.append(
+                f"| {label} | {children} | {title} | {_median_range([r.rate for r in runs])} | "
+                f"{cpu:.3f} | {sipp:.3f} | {_problems(runs)} |"
+            )
+        if len(medians) == 2:
+            ratio = medians["libmsilo"] / medians["msilo"]
+            lines.append(f"| {label} | | libmsilo / msilo | {ratio:.2f} | | | |")
     lines += ["", END]
     return "\n".join(lines)
 
@@ -213,12 +339,25 @@ def write_section(text: str) -> None:
     RESULTS.write_text(new)
 
 
+def _children(args: argparse.Namespace) -> dict[str, int]:
+    """SIP workers per backend from ``--children sqlite=1,postgres=8``."""
+    pairs = (item.split("=") for item in args.children.split(","))
+    return {name.strip(): int(count) for name, count in pairs}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--timeout", type=int, default=120, help="seconds per sipp run")
+    parser.add_argument("--concurrency", type=int, default=32, help="MESSAGEs open at once")
+    parser.add_argument(
+        "--children",
+        default="sqlite=1,postgres=8",
+        help="backends to run and Kamailio's SIP workers for each",
+    )
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per sipp run")
+    parser.add_argument("--recv-timeout", type=int, default=5000, help="ms to await each 202")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="msilo, libmsilo or both")
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("MSILO_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1/test"),
@@ -227,23 +366,32 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print, do not edit RESULTS.md")
     parser.add_argument("--workdir", help="keep the logs here instead of a temporary folder")
     args = parser.parse_args()
+    servers = [s for s in SERVERS if s in args.servers.split(",")]
     results: Results = {}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="msilo-kam-bench-") as scratch:
         tmp = args.workdir or scratch
         for round_ in range(args.repeat):
-            for which in ("msilo", "libmsilo"):
-                for make in ("sqlite", "postgres"):
+            for make, children in _children(args).items():
+                order = servers if round_ % 2 == 0 else servers[::-1]
+                for which in order:
                     workdir = Path(tmp) / f"{which}-{make}-{round_}"
-                    workdir.mkdir()
-                    backend = _sqlite(workdir) if make == "sqlite" else _postgres(args.pg_url)
-                    rate, lost = run_once(which, backend, args, workdir)
-                    results.setdefault((backend.name, which), []).append((rate, lost))
+                    workdir.mkdir(parents=True)
+                    if make == "sqlite":
+                        backend = _sqlite(workdir, children)
+                    else:
+                        backend = _postgres(args.pg_url, children)
+                    run = run_once(which, backend, args, workdir)
+                    results.setdefault((backend.name, which), []).append(run)
                     print(
-                        f"{backend.name:10} {which:8} {round_ + 1}: {rate:6.0f} msg/s, lost {lost}"
+                        f"{backend.name:10} {which:8} {round_ + 1}: {run.rate:6.0f} msg/s, "
+                        f"{run.cpu_ms:.3f} ms CPU/msg (sipp {run.sipp_cpu_ms:.3f}), "
+                        f"lost {run.lost}, 500 {run.refused}, no reply {run.unanswered}",
+                        flush=True,
                     )
-    text = _section(results, args)
+    text = _section(results, args, (load_before, os.getloadavg()[0]))
     print(text)
-    if not args.no_write:
+    if not args.no_write and set(servers) == set(SERVERS):
         write_section(text)
     return 0
 

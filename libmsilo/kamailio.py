@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import site
 import sys
 import sysconfig
 from collections.abc import Callable, Mapping
@@ -63,6 +64,10 @@ class KamailioMsilo:
         reply_reason: str = "Accepted",
     ) -> None:
         self.settings = settings
+        # A Kamailio process runs one request at a time: the group commit, which batches the
+        # concurrent callers of one Silo, would only ever flush a batch of one (and costs a
+        # little per call), so each process's Silo runs without it.
+        self._process_settings = settings.model_copy(update={"group_commit": False})
         self._ksr = ksr
         self._factory = factory
         self._silo: Silo | None = None
@@ -88,7 +93,7 @@ class KamailioMsilo:
         pid = os.getpid()
         if self._silo is None or self._pid != pid:
             # A Silo inherited through fork shares the parent's sockets: drop it unclosed.
-            self._silo = self._factory(self.settings)
+            self._silo = self._factory(self._process_settings)
             self._pid = pid
         return self._silo
 
@@ -277,7 +282,10 @@ def pythonpath(extra: Mapping[str, str] | None = None) -> str:
     Debian's ``/usr/bin/python3``)."""
     paths: list[str] = []
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for entry in (package_root, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]):
+    scheme = sysconfig.get_paths()
+    # A virtual environment made with --system-site-packages finds its dependencies in its base
+    # interpreter's site-packages as well: site.getsitepackages() lists both.
+    for entry in (package_root, scheme["purelib"], scheme["platlib"], *site.getsitepackages()):
         if entry not in paths:
             paths.append(entry)
     env = extra if extra is not None else os.environ

@@ -4,6 +4,7 @@ tests/test_kamailio_e2e.py): what each call reads from and hands to Kamailio."""
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -248,6 +249,18 @@ def test_each_process_opens_its_own_silo(
     first.close()
 
 
+def test_each_process_stores_without_the_group_commit(tmp_path: Path, ksr: FakeKSR) -> None:
+    settings = _settings(tmp_path)
+    assert settings.group_commit  # the default: on
+    adapter = KamailioMsilo(settings, ksr=ksr)
+    ksr.pv.values["$mb"] = MESSAGE
+    assert adapter.store() == 1
+    assert not adapter.silo.settings.group_commit  # one request at a time per process
+    assert adapter.settings is settings and settings.group_commit
+    assert adapter.silo.count("sip:bob@example.org") == 1
+    adapter.close()
+
+
 def test_the_timer_sends_due_reminders(tmp_path: Path, ksr: FakeKSR) -> None:
     settings = _settings(tmp_path, reminder="sip:reminder@example.org", send_time=1)
     adapter = KamailioMsilo(settings, ksr=ksr)
@@ -262,6 +275,8 @@ def test_the_timer_sends_due_reminders(tmp_path: Path, ksr: FakeKSR) -> None:
 
 def test_pythonpath_lets_another_interpreter_import_libmsilo(tmp_path: Path) -> None:
     path = pythonpath({})
+    # A venv made with --system-site-packages finds its dependencies in its base's as well.
+    assert set(site.getsitepackages()) <= set(path.split(os.pathsep))
     assert path.split(os.pathsep)[0] == str(Path(__file__).resolve().parent.parent)
     out = subprocess.run(
         [sys.executable, "-I", "-c", "import sys; sys.path[:0] = sys.argv[1].split(':');"
