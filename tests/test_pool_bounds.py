@@ -4,16 +4,21 @@ StorageUnavailable."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
 from libmsilo import MsiloSettings
-from libmsilo.drivers import DriverOptions, StoreLayout, open_driver
+from libmsilo.drivers import DriverOptions, StoreLayout, open_driver, sql
+from libmsilo.drivers.aio import open_async_driver
 from libmsilo.drivers.mongo import open_mongo
 from libmsilo.drivers.sql_pool import ConnectionStack
 from libmsilo.errors import SettingsError, StorageUnavailable
@@ -33,7 +38,9 @@ def test_postgres_200_threads_never_exceed_the_pool() -> None:
     options = DriverOptions(timeout=30, pool_size=size)
     driver = open_driver(url, StoreLayout(table=unique_table()), options)
     driver.create_schema()
-    driver.ping()  # statements prepared: the schema check's own connection is closed again
+    # Statements prepared first: the watcher samples the server, which may still list a
+    # connection the client closed (the schema check's, which the next test covers).
+    driver.ping()
     seen: list[int] = []
     stop = threading.Event()
     dsn = sa.make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -68,6 +75,59 @@ def test_postgres_200_threads_never_exceed_the_pool() -> None:
     finally:
         driver.drop_schema()
         driver.close()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_schema_work_holds_a_place_of_the_pool(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connections of the schema check (at first use, and after create_schema) and of
+    create_schema count against ``pool_size``: with a pool of one, the server never sees two
+    connections of the driver while that work runs, idle pooled ones included."""
+    base = backend_url("postgresql")
+    app = f"msilo-ddl-{uuid.uuid4().hex[:8]}"
+    url = f"{base}{'&' if '?' in base else '?'}application_name={app}"
+    dsn = sa.make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
+    seen: list[int] = []
+
+    def connections() -> int:
+        """The driver's connections the server lists, once a connection the driver just
+        closed has left (a backend ends shortly after its client said goodbye)."""
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            for _ in range(200):
+                row = admin.execute(query, (app,)).fetchone()
+                count = int(row[0]) if row else 0
+                if count <= 1:
+                    break
+                time.sleep(0.01)
+        return count
+
+    def sampled(fn: Callable[..., None]) -> Callable[..., None]:
+        def step(*args: Any) -> None:
+            seen.append(connections())
+            fn(*args)
+
+        return step
+
+    for name in ("check_schema", "create_schema"):
+        monkeypatch.setattr(sql, name, sampled(getattr(sql, name)))
+    layout = StoreLayout(table=unique_table())
+    options = DriverOptions(timeout=10, pool_size=1)
+
+    async def steps() -> None:
+        driver = await open_async_driver(url, layout, options, native=native)
+        try:
+            await driver.create_schema()
+            await driver.insert(make_message())  # first use: the schema check
+            await driver.create_schema()  # the pool now holds an idle connection
+            assert await driver.count("alice", "example.com", 0) == 1  # checked again
+        finally:
+            await driver.drop_schema()
+            await driver.close()
+
+    asyncio.run(steps())
+    assert len(seen) == 4 and max(seen) == 1, seen
 
 
 def test_a_caller_beyond_the_pool_waits_then_gets_storage_unavailable(tmp_path: Path) -> None:

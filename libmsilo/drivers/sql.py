@@ -23,7 +23,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -213,62 +213,66 @@ class SqlDriver(DriverBase):
     # ---- plumbing -----------------------------------------------------------------------------
 
     @contextmanager
-    def _schema_conn(self) -> Iterator[Connection]:
-        """A connection without statement bounds, for reflection and DDL."""
+    def _schema_conn(self, *, bounded: bool = False) -> Iterator[Connection]:
+        """A SQLAlchemy connection for reflection (``bounded``: with the statement bounds) or
+        DDL (without), holding one of the pool's places while open, so that ``pool_size``
+        bounds these connections too (see :meth:`.ConnectionStack.reserved`)."""
         if self._pool.closed:
             raise StorageError("the SQL driver is closed")
+        # The in-memory database lives in the stack's one connection (StaticPool).
         memory = self._url.get_backend_name() == "sqlite" and _memory_db(self._url)
-        # The in-memory database lives in the stack's one connection: hold it while in use.
-        if memory:
+        if bounded or memory:
             engine = self._engine
         else:
             if self._ddl_engine is None:
                 self._ddl_engine = _engine(self._url, self._timeout, bounded=False)
             engine = self._ddl_engine
-        held = self._pool.checkout() if memory else None
-        try:
+        with self._schema_place():
             try:
                 sa_conn = engine.connect()
             except (sa.exc.SQLAlchemyError, self._dbapi_error, OSError) as exc:
                 raise storage_error(exc, self._dialect, None, connecting=True) from exc
             with sa_conn:
                 yield sa_conn
-        finally:
-            if held is not None:
-                self._pool.checkin(held)
+
+    def _schema_place(self) -> AbstractContextManager[None]:
+        """The pool place a schema connection holds."""
+        return self._pool.reserved()
 
     def _prepare(self) -> SqlOps:
-        """Compile the statements (the dialect knows the server once connected) and read the
-        table's column limits."""
+        """Compile the statements and read the table's column limits, on one connection."""
         with self._prepare_lock:
-            self._compile()
-            if self._limits is None:
-                with self._schema_conn() as sa_conn:
+            if self._ops is None or self._limits is None:
+                with self._schema_conn(bounded=True) as sa_conn:
+                    ops = self._compile(sa_conn)
                     check_schema(sa_conn, self.layout)
                     self._limits = reflect_limits(sa_conn, self.layout)
-            return self._compile()
+                return ops
+            return self._ops
 
-    def _compile(self) -> SqlOps:
-        """The statements, compiled once the first connection initialized the dialect (server
-        version, features)."""
+    def _compile(self, sa_conn: Connection | None = None) -> SqlOps:
+        """The statements, compiled once a connection (``sa_conn``, else one of its own)
+        initialized the dialect (server version, features)."""
         if self._ops is None:
-            packet, step = self._run(self._mysql_session)
+            if sa_conn is None:
+                with self._schema_conn(bounded=True) as conn:
+                    return self._compile(conn)
+            packet, step = self._mysql_session(sa_conn)
             self._ops = SqlOps(
                 self._table, self._dialect, self._timeout, max_packet=packet, id_step=step
             )
         return self._ops
 
-    def _mysql_session(self, conn: PooledConnection) -> tuple[int | None, int | None]:
+    def _mysql_session(self, conn: Connection) -> tuple[int | None, int | None]:
         """MySQL's ``max_allowed_packet`` for this session (read-only per session on MariaDB,
         and raising the global one is not a driver's business), and the step between the ids
         of one multi-row INSERT when the server gives such rows consecutive ids (InnoDB
         ``innodb_autoinc_lock_mode`` 0 or 1), else None; (None, None) elsewhere."""
         if self._dialect.name not in ("mysql", "mariadb"):
             return None, None
-        conn.cursor.execute(
+        row = conn.exec_driver_sql(
             "SELECT @@max_allowed_packet, @@innodb_autoinc_lock_mode, @@auto_increment_increment"
-        )
-        row = conn.cursor.fetchone()
+        ).fetchone()
         if not row:
             return None, None
         packet = int(row[0]) if row[0] else None

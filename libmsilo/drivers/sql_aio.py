@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Dialect
@@ -95,6 +96,7 @@ class AsyncConnectionStack:
         self._wait = wait
         self._ping_after = ping_after
         self._slots: asyncio.Semaphore | None = None
+        self._taken = 0  # slots taken
         self._idle: list[AsyncPooledConnection] = []
         self._closed = False
 
@@ -103,8 +105,8 @@ class AsyncConnectionStack:
         """True once :meth:`close` was called."""
         return self._closed
 
-    def checkout(self) -> AsyncPooledConnection:
-        """A usable connection: an idle one, or a new one."""
+    def _take(self) -> None:
+        """Begin a checkout: take a pool slot, waiting on the loop at most ``wait`` seconds."""
         if self._closed:
             raise StorageError("the SQL driver is closed")
         if self._slots is None:
@@ -116,6 +118,23 @@ class AsyncConnectionStack:
                 f"database unavailable: all {self._size} connections of the pool stayed in use "
                 f"for {self._wait:.1f} s"
             ) from None
+        self._taken += 1
+
+    @contextmanager
+    def reserved(self) -> Iterator[None]:
+        """Hold a place of the pool for a connection opened elsewhere (the schema work, in a
+        worker thread), as :meth:`.ConnectionStack.reserved` does."""
+        self._take()
+        try:
+            while self._idle and len(self._idle) + self._taken > self._size:
+                self._close(self._idle.pop())
+            yield
+        finally:
+            self._give_back()
+
+    def checkout(self) -> AsyncPooledConnection:
+        """A usable connection: an idle one, or a new one."""
+        self._take()
         try:
             while self._idle:
                 conn = self._idle.pop()
@@ -135,7 +154,7 @@ class AsyncConnectionStack:
                 raise storage_error(exc, self._dialect, None, connecting=True) from exc
             return AsyncPooledConnection(raw, self._bound)
         except BaseException:
-            self._slots.release()
+            self._give_back()
             raise
 
     def checkin(self, conn: AsyncPooledConnection) -> None:
@@ -166,6 +185,7 @@ class AsyncConnectionStack:
 
     def _give_back(self) -> None:
         if self._slots is not None:
+            self._taken -= 1
             self._slots.release()
 
     @staticmethod
@@ -181,8 +201,13 @@ class AsyncSqlDriver(SqlDriver):
 
     def _ready(self) -> SqlOps:
         if in_bridge() and (self._ops is None or self._limits is None):
-            return await_(asyncio.to_thread(self._prepare))  # reflection: SQLAlchemy, blocking
+            return self._in_thread(self._prepare)  # reflection: SQLAlchemy, blocking
         return super()._ready()
+
+    def _schema_place(self) -> AbstractContextManager[None]:
+        if isinstance(self._pool, AsyncConnectionStack):
+            return contextlib.nullcontext()  # taken on the loop by _in_thread
+        return super()._schema_place()  # opening: the blocking stack is still in place
 
     def create_schema(self) -> None:
         self._in_thread(super().create_schema)
@@ -196,10 +221,13 @@ class AsyncSqlDriver(SqlDriver):
     def schema_version(self) -> int | None:
         return self._in_thread(super().schema_version)
 
-    @staticmethod
-    def _in_thread(fn: Callable[[], T]) -> T:
-        """``fn()`` in a worker thread when called on the loop (SQLAlchemy's schema work)."""
-        return await_(asyncio.to_thread(fn)) if in_bridge() else fn()
+    def _in_thread(self, fn: Callable[[], T]) -> T:
+        """``fn()`` in a worker thread when called on the loop (SQLAlchemy's schema work),
+        holding a place of the pool for the connection it opens."""
+        if not in_bridge():
+            return fn()
+        with self._pool.reserved():
+            return await_(asyncio.to_thread(fn))
 
 
 def _open_postgres(url: str, layout: StoreLayout, options: DriverOptions) -> AsyncSqlDriver:

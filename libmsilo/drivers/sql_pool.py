@@ -22,6 +22,8 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import sqlalchemy as sa
@@ -224,9 +226,10 @@ class _Slots:
     """A counting semaphore whose uncontended acquire and release take one C-level lock (the
     standard library's runs Python code on every call, which a storage step can do without)."""
 
-    __slots__ = ("_free", "_freed", "_lock", "_waiting")
+    __slots__ = ("_free", "_freed", "_lock", "_size", "_waiting")
 
     def __init__(self, size: int) -> None:
+        self._size = size
         self._free = size
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)
@@ -251,6 +254,11 @@ class _Slots:
                 return True
             finally:
                 self._waiting -= 1
+
+    @property
+    def taken(self) -> int:
+        """How many slots are taken."""
+        return self._size - self._free
 
     def release(self) -> None:
         """Give a slot back."""
@@ -314,9 +322,9 @@ class ConnectionStack:
         """True once :meth:`close` was called."""
         return self._closed
 
-    def checkout(self) -> PooledConnection:
-        """An open connection, its step bound armed: an idle one that is still alive, or a new
-        one."""
+    def _take(self) -> None:
+        """Begin a checkout: take the shared connection's lock, or a pool slot (waiting for one
+        at most ``wait`` seconds)."""
         if self._closed:
             raise StorageError("the SQL driver is closed")
         if self._single is not None:
@@ -326,6 +334,29 @@ class ConnectionStack:
                 f"database unavailable: all {self._size} connections of the pool stayed in use "
                 f"for {self._wait:.1f} s"
             )
+
+    @contextmanager
+    def reserved(self) -> Iterator[None]:
+        """Hold a place of the pool for a connection opened elsewhere (the driver's schema work,
+        through SQLAlchemy): taken as :meth:`checkout` takes one, and idle connections are
+        closed while, with it, more than ``size`` would be open."""
+        self._take()
+        try:
+            if self._slots is not None:
+                while len(self._idle) + self._slots.taken > self._size:
+                    try:
+                        conn = self._idle.pop()
+                    except IndexError:
+                        break
+                    self._close(conn, invalidate=False)
+            yield
+        finally:
+            self._give_back()
+
+    def checkout(self) -> PooledConnection:
+        """An open connection, its step bound armed: an idle one that is still alive, or a new
+        one."""
+        self._take()
         try:
             while True:
                 try:
