@@ -14,17 +14,22 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 import sqlalchemy as sa
 
 from libmsilo import MsiloSettings
 from libmsilo.drivers import DriverOptions, StoreLayout, open_driver, sql
 from libmsilo.drivers.aio import open_async_driver
 from libmsilo.drivers.mongo import open_mongo
+from libmsilo.drivers.redis import owner_group
 from libmsilo.drivers.sql_pool import ConnectionStack
 from libmsilo.errors import SettingsError, StorageUnavailable
 from libmsilo.testing import make_message, unique_table
 from tests.backends import backend_url
 from tests.helpers import run_threads
+from tests.redis_cluster import redis_cluster_url
+
+__all__ = ["redis_cluster_url"]  # the fixture, imported for pytest
 
 THREADS = 200
 STORES_PER_THREAD = 3
@@ -178,6 +183,47 @@ def test_redis_pool_is_bounded() -> None:
         assert pool.max_connections == 3
         assert 1 <= len(pool._connections) <= 3
         assert sum(driver.count(f"u{i}", "example.com", 0) for i in range(50)) == 250
+    finally:
+        driver.drop_schema()
+        driver.close()
+
+
+def test_redis_cluster_pools_are_bounded_per_node(redis_cluster_url: str) -> None:
+    options = DriverOptions(timeout=30, pool_size=2)
+    driver = open_driver(redis_cluster_url, StoreLayout(table=unique_table()), options)
+    driver.create_schema()
+    try:
+        run_threads(lambda i: [driver.insert(make_message(f"u{i}")) for _ in range(5)], 30)
+        assert sum(driver.count(f"u{i}", "example.com", 0) for i in range(30)) == 150
+        nodes = driver.client.get_nodes()  # type: ignore[attr-defined]
+        assert len(nodes) >= 3
+        for node in nodes:
+            pool = node.redis_connection.connection_pool
+            assert isinstance(pool, redis.BlockingConnectionPool)
+            assert pool.max_connections == 2 and pool.timeout == 30
+            assert len(pool._connections) <= 2
+    finally:
+        driver.drop_schema()
+        driver.close()
+
+
+def test_a_redis_cluster_step_beyond_the_pool_is_storage_unavailable(
+    redis_cluster_url: str,
+) -> None:
+    options = DriverOptions(timeout=0.2, pool_size=2)
+    driver = open_driver(redis_cluster_url, StoreLayout(table=unique_table()), options)
+    driver.create_schema()
+    try:
+        client = driver.client  # type: ignore[attr-defined]
+        msg = make_message()
+        node = client.get_node_from_key(driver._msg_key(owner_group(msg.username, msg.domain)))  # type: ignore[attr-defined]
+        pool = node.redis_connection.connection_pool
+        taken = [pool.get_connection(), pool.get_connection()]
+        with pytest.raises(StorageUnavailable):
+            driver.insert(msg)
+        for conn in taken:
+            pool.release(conn)
+        assert driver.insert(msg) is not None
     finally:
         driver.drop_schema()
         driver.close()

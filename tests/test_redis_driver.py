@@ -13,6 +13,7 @@ from redis.crc import key_slot
 
 from libmsilo.drivers import DriverOptions, StoreLayout, open_driver
 from libmsilo.drivers import redis as rdriver
+from libmsilo.drivers.base import ReleaseResult
 from libmsilo.drivers.redis import BUCKETS, GROUPS, RedisDriver, open_redis, owner_group
 from libmsilo.errors import SettingsError, StorageError, StorageUnavailable
 from libmsilo.testing import make_message, unique_table
@@ -242,6 +243,46 @@ def test_reminder_turned_offline_leaves_the_reminder_index(driver: RedisDriver) 
     assert driver.claim_due_reminders(NOW + 100, NOW + 130, "u") == []
     assert driver.client.zscore(rem_key, str(mid)) is None
     assert [r.mid for r in driver.claim("alice", "example.com", NOW, NOW + 5, "v")] == [mid]
+
+
+def test_release_many_keeps_the_bucket_indexes(
+    driver: RedisDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pipeline for the batch; a dropped message leaves both indexes, a reminder turned
+    offline the reminder index, and the others keep their entries."""
+    mids = [driver.insert(make_message(user=f"r{i}", snd_time=NOW - 1)) for i in range(4)]
+    assert all(m is not None for m in mids)
+    claimed = driver.claim_due_reminders(NOW, NOW + 30, "t")
+    assert sorted(r.mid for r in claimed) == mids
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a single step ran inside a batch")
+
+    monkeypatch.setattr(driver, "release", refuse)
+    pipelines: list[list[str]] = []  # the scripts of each pipeline
+    pipeline = driver._pipeline
+
+    def record(calls: list[rdriver.Call], todo: list[int], replies: list[object]) -> None:
+        pipelines.append([calls[i][0] for i in todo])
+        pipeline(calls, todo, replies)
+
+    monkeypatch.setattr(driver, "_pipeline", record)
+    a, b, c, d = mids
+    got = driver.release_many([(a, "t", True), (b, "t", False), (c, "x", True), (a, "t", True)])
+    released, missing = ReleaseResult.RELEASED, ReleaseResult.NOT_FOUND
+    assert got == [released, released, missing, missing]  # a's lease: cleared by the first
+    assert driver.release_many([(d, "t", False)], max_attempts=1) == [ReleaseResult.DROPPED]
+    assert pipelines[0] == ["release"] * 4
+    rem = [driver._bucket_keys(m % BUCKETS)[1] for m in mids]
+    exp = [driver._bucket_keys(m % BUCKETS)[0] for m in mids]
+    client = driver.client
+    assert client.zscore(rem[0], str(a)) is None  # offline now
+    assert client.zscore(exp[0], str(a)) is not None
+    assert client.zscore(rem[1], str(b)) is not None  # still a reminder
+    assert client.zscore(rem[2], str(c)) is not None  # not released: still leased
+    assert client.zscore(exp[3], str(d)) is None and client.zscore(rem[3], str(d)) is None
+    assert driver.get(d) is None
+    assert [r.mid for r in driver.claim("r0", "example.com", NOW, NOW + 5, "v")] == [a]
 
 
 def test_dangling_expiry_entries_count_nothing(driver: RedisDriver) -> None:

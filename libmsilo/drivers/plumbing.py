@@ -42,6 +42,7 @@ __all__ = [
     "check_message",
     "check_mid",
     "check_owner",
+    "check_release",
     "check_token",
     "ping",
     "storage_step",
@@ -251,12 +252,22 @@ def _by_mid(missing: object) -> Callable[[int], object]:
     return check
 
 
+def check_release(
+    mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
+) -> bool:
+    """Raise :class:`InvalidRequest` unless :meth:`Driver.release`'s arguments are valid;
+    whether some row may have id ``mid`` (else the answer is NOT_FOUND)."""
+    check_token(token, optional=True)
+    check_ints(max_attempts=max_attempts)
+    return check_mid(mid)
+
+
 def _release(
     mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
 ) -> object:
-    check_token(token, optional=True)
-    check_ints(max_attempts=max_attempts)
-    return _PROCEED if check_mid(mid) else ReleaseResult.NOT_FOUND
+    if check_release(mid, token, to_offline=to_offline, max_attempts=max_attempts):
+        return _PROCEED
+    return ReleaseResult.NOT_FOUND
 
 
 def _inbox(username: str, domain: str, now: int, limit: int = 0) -> object:

@@ -54,7 +54,7 @@ from ..errors import MsiloError, SettingsError, StorageUnavailable
 from ..masking import mask_url
 from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
-from .plumbing import ErrorTable, check_mid, storage_step
+from .plumbing import ErrorTable, check_mid, check_release, storage_step
 from .redis_durability import WaitPolicy, prepare
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
 from .schema_version import SCHEMA_VERSION, RecordedVersion
@@ -84,6 +84,9 @@ _OWNER_CACHE = 4096
 _READ_SCRIPTS = frozenset({"list"})
 #: Scripts that run in a bucket's slot (cluster only); the others run in a group's slot.
 _BUCKET_SCRIPTS = frozenset({"index", "unindex"})
+
+#: The release script's answer codes.
+_RELEASED = (ReleaseResult.NOT_FOUND, ReleaseResult.RELEASED, ReleaseResult.DROPPED)
 
 _UNAVAILABLE = (
     rexc.ConnectionError,
@@ -588,23 +591,62 @@ class RedisDriver(RecordedVersion):
         self, mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
     ) -> ReleaseResult:
         """Clear a failed delivery's lease (or drop the message at ``max_attempts``)."""
-        args: list[bytes | int] = [
-            _group_base(self._prefix, mid % GROUPS),
-            mid,
-            int(token is not None),
-            _text(token or ""),
-            int(to_offline),
-            max_attempts,
+        return self._release_batch([(mid, token, to_offline)], max_attempts)[0]
+
+    def release_many(
+        self, releases: Sequence[batch.Release], max_attempts: int = 0
+    ) -> list[ReleaseResult | MsiloError]:
+        """End failed deliveries with one pipeline of release scripts, then (on a cluster)
+        their bucket entries; a bad item gets its own error."""
+        results: list[ReleaseResult | MsiloError] = [ReleaseResult.NOT_FOUND] * len(releases)
+        todo: list[int] = []
+        for i, (mid, token, to_offline) in enumerate(releases):
+            try:
+                if check_release(mid, token, to_offline=to_offline, max_attempts=max_attempts):
+                    todo.append(i)
+            except MsiloError as exc:
+                results[i] = exc
+        if todo:
+            items = [releases[i] for i in todo]
+            done = self._step(lambda: self._release_batch(items, max_attempts))
+            for i, result in zip(todo, done, strict=True):
+                results[i] = result
+        return results
+
+    def _release_batch(
+        self, releases: Sequence[batch.Release], max_attempts: int
+    ) -> list[ReleaseResult]:
+        """Release checked items: one script each (one pipeline for several)."""
+        calls: list[Call] = [
+            (
+                "release",
+                (self._msg_key(mid),),
+                (
+                    _group_base(self._prefix, mid % GROUPS),
+                    mid,
+                    int(token is not None),
+                    _text(token or ""),
+                    int(to_offline),
+                    max_attempts,
+                ),
+            )
+            for mid, token, to_offline in releases
         ]
-        code, snd_before = self._run("release", [self._msg_key(mid)], args)
-        if code == 2:
-            self._unindex([mid], also_exp=True)
-            return ReleaseResult.DROPPED
-        if code == 1:
-            if to_offline and int(snd_before) > 0:
-                self._unindex([mid], also_exp=False)
-            return ReleaseResult.RELEASED
-        return ReleaseResult.NOT_FOUND
+        done = [self._run(*calls[0])] if len(calls) == 1 else self._run_many(calls)
+        results: list[ReleaseResult] = []
+        dropped: list[int] = []  # out of both bucket indexes
+        offline: list[int] = []  # reminders turned offline: out of the reminder index
+        for (mid, _, to_offline), (code, snd_before) in zip(releases, done, strict=True):
+            results.append(_RELEASED[int(code)])
+            if code == 2:
+                dropped.append(mid)
+            elif code == 1 and to_offline and int(snd_before) > 0:
+                offline.append(mid)
+        if dropped:
+            self._unindex(dropped, also_exp=True)
+        if offline:
+            self._unindex(offline, also_exp=False)
+        return results
 
     # ---- inbox and housekeeping ---------------------------------------------------------------
 
@@ -748,8 +790,8 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
     """Factory for ``redis://``, ``rediss://`` (TLS) and ``redis+cluster://host:port,...``.
 
     The connection opens on first use; ``options.timeout`` bounds connecting, each reply and
-    the wait for one of the ``options.pool_size`` connections (standalone Redis; a cluster
-    client keeps redis-py's own pool per node).
+    the wait for one of the ``options.pool_size`` connections (on a cluster: per node, redis-py
+    keeping one pool for each).
     """
     wait, timeout = _bounds(options)
     scheme = scheme_of(url, "redis")
@@ -758,8 +800,16 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
         nodes, kwargs = _cluster_nodes(url)
 
         def connect() -> Client:
+            # Given a URL, redis-py builds each node's pool with connection_pool_class: the
+            # first node as a URL, the others as startup nodes.
+            first, *others = nodes
+            host = f"[{first.host}]" if ":" in first.host else first.host
             return RedisCluster(
-                startup_nodes=nodes,
+                url=f"redis://{host}:{first.port}",
+                startup_nodes=others,
+                connection_pool_class=redis.BlockingConnectionPool,
+                max_connections=options.pool_size,
+                timeout=options.timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
