@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 
 from libmsilo import MsiloSettings, Silo  # noqa: E402
+from libmsilo.bench.concurrency_report import write_section as replace_section  # noqa: E402
 from tests.kamailio_harness import (  # noqa: E402
     EXAMPLE,
     SCENARIOS,
@@ -330,13 +331,7 @@ def _section(results: Results, args: argparse.Namespace, load: tuple[float, floa
 
 def write_section(text: str) -> None:
     """Replace the section between the markers in RESULTS.md (append it the first time)."""
-    old = RESULTS.read_text()
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    RESULTS.write_text(new)
+    replace_section(RESULTS, text, (START, END))
 
 
 def _children(args: argparse.Namespace) -> dict[str, int]:

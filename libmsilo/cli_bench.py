@@ -17,7 +17,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from .bench import BenchReport, Measurement
-    from .bench.concurrency import ConcurrencyResult
+    from .bench.concurrency import ConcurrencyReport
 
 __all__ = ["bench", "concurrency_table", "results_tables"]
 
@@ -143,9 +143,31 @@ def bench(
     duration: Annotated[
         float, typer.Option("--duration", min=0.1, max=60, help="--concurrency: seconds offered.")
     ] = 2.0,
+    single_stores: Annotated[
+        int,
+        typer.Option(
+            "--single-stores", min=1, help="--concurrency: one caller's stores per round."
+        ),
+    ] = 200,
+    single_rounds: Annotated[
+        int,
+        typer.Option(
+            "--single-rounds", min=1, help="--concurrency: one caller's rounds per side (median)."
+        ),
+    ] = 9,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart PNG.")] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON.")
+    ] = None,
+    results_md: Annotated[
+        Path | None,
+        typer.Option(
+            "--results-md",
+            help=(
+                "--concurrency: rewrite the section between the concurrency markers of this "
+                "Markdown file (benchmarks/RESULTS.md) from this run."
+            ),
+        ),
     ] = None,
 ) -> None:
     """Measure libmsilo against hand-written code on the bare database clients."""
@@ -156,9 +178,19 @@ def bench(
         require_matplotlib()  # before the run, not after it
     console = Console(highlight=False)
     if concurrency is not None:
-        options = {"per_producer": per_producer, "rate": rate, "duration": duration}
-        _concurrency(console, db_url, concurrency, options, json_out)
+        options = {
+            "per_producer": per_producer,
+            "owners": owners,
+            "rate": rate,
+            "duration": duration,
+            "single_stores": single_stores,
+            "single_rounds": single_rounds,
+        }
+        run = _concurrency(console, db_url, concurrency, options)
+        _concurrency_outputs(console, run, json_out, plot, results_md)
         return
+    if results_md is not None:
+        raise typer.BadParameter("--results-md goes with --concurrency", param_hint="--results-md")
     with tempfile.TemporaryDirectory(prefix="msilo-bench-") as tmp:
         urls = tuple(db_url or [f"sqlite:///{Path(tmp) / 'bench.db'}"])
         config = BenchConfig(
@@ -199,48 +231,83 @@ def bench(
         raise BenchError("bench: " + "; ".join(f"{name}: {err}" for name, err in report.failures))
 
 
-def concurrency_table(results: list[ConcurrencyResult]) -> Table:
-    """Stores/s and acks/s of every path, and the store latency at the offered load."""
+def _verdict(goal: str, met: bool | None) -> str:
+    return "" if met is None else f"{goal}: " + ("met" if met else "MISSED")
+
+
+def concurrency_table(report: ConcurrencyReport) -> Table:
+    """Stores/s and acks/s of every path, the single caller's ratio to the raw baseline, the
+    store latency at the offered load, and each row's goal and whether it is met."""
     table = Table(title="N producers in one process: stores/s, acks/s (one run)")
-    for name in ("backend", "path", "producers", "stores/s", "acks/s", "note"):
-        table.add_column(name, justify="left" if name in ("backend", "path", "note") else "right")
-    for r in results:
+    columns = ("backend", "path", "N", "stores/s", "acks/s", "Silo/raw", "goal", "note")
+    for name in columns:
+        left = name in ("backend", "path", "goal", "note")
+        table.add_column(name, justify="left" if left else "right")
+    for r in report.results:
         for p in r.paths:
             rates = ("-", "-") if p.error else (f"{p.store_rate:,.0f}", f"{p.ack_rate:,.0f}")
-            table.add_row(r.backend, p.path, str(p.producers), *rates, p.error or "")
+            ratio = "" if p.store_ratio is None else f"{p.store_ratio:.2f}/{p.ack_ratio or 0:.2f}"
+            verdict = _verdict(p.goal, p.met)
+            table.add_row(
+                r.backend, p.path, str(p.producers), *rates, ratio, verdict, p.error or ""
+            )
         if r.latency_error:
-            table.add_row(r.backend, "latency", str(r.producers), "-", "-", r.latency_error)
+            table.add_row(r.backend, "latency", str(r.producers), "-", "-", "", "", r.latency_error)
         else:
             note = f"p50 {r.latency_p50_ms:.1f} ms, p99 {r.latency_p99_ms:.1f} ms"
-            table.add_row(
-                r.backend, "latency", str(r.producers), f"{r.latency_rate:,.0f} offered", "", note
-            )
+            offered = f"{r.latency_rate:,.0f} offered"
+            verdict = _verdict(r.latency_goal, r.latency_met)
+            table.add_row(r.backend, "latency", str(r.producers), offered, "", "", verdict, note)
     return table
 
 
 def _concurrency(
-    console: Console,
-    db_url: list[str] | None,
-    producers: int,
-    options: dict[str, Any],
-    json_out: Path | None,
-) -> None:
-    import json
+    console: Console, db_url: list[str] | None, producers: int, options: dict[str, Any]
+) -> ConcurrencyReport:
+    import time
 
-    from .bench.concurrency import ConcurrencyConfig, run_concurrency
+    from .bench.concurrency import ConcurrencyConfig, ConcurrencyReport, run_concurrency
     from .masking import mask_url
 
-    results = []
+    started = time.perf_counter()
+    report: ConcurrencyReport | None = None
     with tempfile.TemporaryDirectory(prefix="msilo-bench-") as tmp:
         for url in db_url or [f"sqlite:///{Path(tmp) / 'bench.db'}"]:
             config = ConcurrencyConfig(url, producers=producers, **options)
+            if report is None:
+                report = ConcurrencyReport.for_config(config)
             label = mask_url(url)
 
             def step(what: str, label: str = label) -> None:
-                console.print(f"{label}: measuring {what}")
+                elapsed = time.perf_counter() - started
+                console.print(f"{elapsed:5.1f} s  {label}: measuring {what}")
 
-            results.append(run_concurrency(config, step))
-    console.print(concurrency_table(results))
+            report.results.append(run_concurrency(config, step))
+    assert report is not None
+    report.finish(started)
+    return report
+
+
+def _concurrency_outputs(
+    console: Console,
+    report: ConcurrencyReport,
+    json_out: Path | None,
+    plot: Path | None,
+    results_md: Path | None,
+) -> None:
+    """The table, then the JSON, the chart and the RESULTS.md section asked for."""
+    import json
+
+    from .bench.concurrency_report import write_png, write_results_md
+
+    console.print(concurrency_table(report))
+    console.print(f"run took {report.elapsed_s:.0f} s")
     if json_out is not None:
-        json_out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {json_out}")
+    if plot is not None:
+        write_png(report, plot)
+        console.print(f"wrote {plot}")
+    if results_md is not None:
+        write_results_md(report, results_md, json_path=json_out, chart=plot)
+        console.print(f"wrote the concurrency section of {results_md}")

@@ -16,6 +16,13 @@ from typer.testing import CliRunner
 from libmsilo import Silo
 from libmsilo.bench import BenchConfig, BenchError, run_bench
 from libmsilo.bench import workload as wl
+from libmsilo.bench.concurrency import (
+    ConcurrencyReport,
+    ConcurrencyResult,
+    PathResult,
+    judge,
+)
+from libmsilo.bench.concurrency_report import END, START, render_section, write_section
 from libmsilo.bench.raw import RawStore, open_raw
 from libmsilo.bench.runner import _LibSide, redact
 from libmsilo.cli import app
@@ -188,21 +195,115 @@ def test_the_cli_imports_the_benchmark_only_for_its_command() -> None:
     assert out.stdout.strip() == "[]"
 
 
+_SECTION = "# Results\n\nprose before\n\n{start}\nold figures\n{end}\n\nprose after\n"
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "redis"])
 def test_bench_concurrency_measures_every_path(kind: str, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'c.db'}" if kind == "sqlite" else backend_url(kind)
-    out_json = tmp_path / "c.json"
+    out_json, out_png, out_md = tmp_path / "c.json", tmp_path / "c.png", tmp_path / "R.md"
+    out_md.write_text(_SECTION.format(start=START, end=END))
     args = ["bench", "--db-url", db_url, "--concurrency", "4", "--per-producer", "5"]
-    args += ["--rate", "200", "--duration", "0.2", "--json", str(out_json)]
-    result = CliRunner().invoke(app, args)
+    args += ["--rate", "200", "--duration", "0.2", "--single-stores", "6", "--single-rounds", "3"]
+    args += ["--json", str(out_json), "--plot", str(out_png), "--results-md", str(out_md)]
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
-    assert "stores/s" in result.stdout and "p99" in result.stdout
-    ((backend,),) = [json.loads(out_json.read_text())]
+    assert "stores/s" in result.stdout and "p99" in result.stdout and "Silo/raw" in result.stdout
+    data = json.loads(out_json.read_text())
+    assert data["producers"] == 4 and data["single_rounds"] == 3 and data["elapsed_s"] > 0
+    assert len(data["load"]) == 2 and data["machine"]["nproc"] >= 1
+    (backend,) = data["results"]
+    assert backend["backend"] == kind and backend["server"] and "url" not in backend
     assert backend["latency_error"] is None and backend["latency_p99_ms"] > 0
     paths = {p["path"]: p for p in backend["paths"]}
-    aio = "asyncio" if kind == "sqlite" else "asyncio-native"
-    assert set(paths) == {"group", "unbatched", aio, "raw", "single", "raw-single"}
+    # SQLite has no native asyncio driver: its asyncio path is the worker threads already.
+    aio = ["asyncio"] if kind == "sqlite" else ["asyncio-native", "asyncio-threads"]
+    assert list(paths) == ["group", "unbatched", *aio, "raw", "single", "raw-single"]
+    goal = {"sqlite": "≤ 1.5x raw", "postgresql": "≤ 1.25x raw", "redis": "≤ 1.25x raw"}[kind]
     for p in paths.values():
         assert p["error"] is None, p
-        assert p["stores"] == (5 if p["producers"] == 1 else 20)
         assert p["store_rate"] > 0 and p["ack_rate"] > 0
+        single = p["path"] in ("single", "raw-single")
+        assert p["producers"] == (1 if single else 4)
+        assert p["stores"] == (6 if single else 20)  # per round
+        assert len(p["store_s"]) == len(p["ack_s"]) == (3 if single else 1)
+        if p["path"] in ("unbatched", "raw", "raw-single"):  # references: no goal
+            assert (p["goal"], p["met"], p["store_ratio"]) == ("", None, None)
+        elif p["path"] == "single":
+            assert p["store_ratio"] > 0 and p["ack_ratio"] > 0
+            assert p["goal"] == goal and isinstance(p["met"], bool)
+        else:  # the rate goal is for 64 producers: stated, not judged with 4
+            assert p["goal"].endswith("/s at 64 producers") and p["met"] is None
+    if kind == "postgresql":  # the p99 goal is at 2,000 stores/s: stated, not judged at 200
+        assert backend["latency_goal"] == "p99 ≤ 10 ms at 2,000/s"
+    assert backend["latency_met"] is None
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = out_md.read_text()
+    assert md.startswith("# Results\n\nprose before\n\n" + START)
+    assert md.endswith(END + "\n\nprose after\n") and "old figures" not in md
+    assert "![stores/s and acks/s per backend and path](c.png)" in md
+    assert "--json c.json --plot c.png --results-md R.md" in md
+    name = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "redis": "Redis"}[kind]
+    for p in paths:
+        assert f"| {name} | {p} |" in md
+
+
+def test_results_md_goes_with_concurrency(tmp_path: Path) -> None:
+    md = tmp_path / "R.md"
+    result = CliRunner().invoke(app, ["bench", "--results-md", str(md)])
+    assert result.exit_code == 2 and "--concurrency" in result.output
+    assert not md.exists()
+
+
+def _report(**rates: tuple[float, float]) -> ConcurrencyReport:
+    """A report of PostgreSQL with 64 producers: the given (stores/s, acks/s) per path."""
+    report = ConcurrencyReport(64, 10, 5, 2000.0, 1.0, 10, 3, load=[0.5, 0.7])
+    result = ConcurrencyResult("postgresql", 64, server="PostgreSQL 15")
+    for path, (store, ack) in rates.items():
+        result.paths.append(PathResult(path, 64, 640, store, ack, [0.1], [0.1]))
+    result.paths.append(PathResult("single", 1, 10, 900, 900, [0.01] * 3, [0.01] * 3, 1.2, 1.3))
+    result.paths.append(PathResult("raw-single", 1, 10, 1000, 1100, [0.01] * 3, [0.01] * 3))
+    result.latency_rate, result.latency_p50_ms, result.latency_p99_ms = 2000.0, 0.5, 9.5
+    report.results.append(result)
+    return report
+
+
+def test_concurrency_goals_are_judged_per_row() -> None:
+    report = _report(
+        group=(12_500, 20_000),  # met: both at least the goal
+        unbatched=(4_000, 6_000),  # a reference: no goal
+        **{"asyncio-native": (15_000, 11_000)},  # acks below the goal: missed
+    )
+    (result,) = report.results
+    result.paths.append(PathResult("asyncio-threads", 64, error="StorageUnavailable: down"))
+    judge(result)
+    verdicts = {p.path: (p.goal, p.met) for p in result.paths}
+    assert verdicts == {
+        "group": ("≥ 12,000/s", True),
+        "unbatched": ("", None),
+        "asyncio-native": ("≥ 12,000/s", False),
+        "asyncio-threads": ("≥ 12,000/s", False),  # failed: not met
+        "single": ("≤ 1.25x raw", False),  # the ack ratio 1.3 is above 1.25
+        "raw-single": ("", None),
+    }
+    assert (result.latency_goal, result.latency_met) == ("p99 ≤ 10 ms at 2,000/s", True)
+    result.latency_p99_ms = 10.5
+    judge(result)
+    assert result.latency_met is False
+
+
+def test_concurrency_json_round_trip_renders_the_same_section(tmp_path: Path) -> None:
+    report = _report(group=(9_000, 20_000))
+    judge(report.results[0])
+    again = ConcurrencyReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again == report
+    text = render_section(report, chart="concurrency.png")
+    assert text == render_section(again, chart="concurrency.png")
+    assert "| PostgreSQL | group | 64 | 9,000 | 20,000 |  | ≥ 12,000/s | **no** |" in text
+    assert "| PostgreSQL | single | 1 | 900 | 900 | 1.20 / 1.30 | ≤ 1.25x raw | **no** |" in text
+    assert "| PostgreSQL | 2,000 | 0.5 | 9.5 | p99 ≤ 10 ms at 2,000/s | yes |" in text
+    md = tmp_path / "R.md"
+    md.write_text("intro\n")  # no markers yet: the section is appended
+    write_section(md, text)
+    write_section(md, text)  # and then replaced, not appended again
+    assert md.read_text() == "intro\n\n" + text + "\n"

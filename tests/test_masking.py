@@ -286,7 +286,11 @@ def test_bench_api_failures_are_masked() -> None:
 def test_recorded_benchmark_results_hold_no_store_url() -> None:
     store_url = re.compile(r"\b(sqlite|postgres\w*|mysql|mariadb|redis\w*|mongo\w*)(\+\w+)?://")
     folder = Path(__file__).resolve().parent.parent / "benchmarks"
-    recorded = [*folder.glob("results*.json"), folder / "RESULTS.md"]
+    recorded = [
+        *folder.glob("results*.json"),
+        *folder.glob("concurrency*.json"),
+        folder / "RESULTS.md",
+    ]
     assert len(recorded) >= 2
     for path in recorded:
         found = store_url.search(path.read_text(encoding="utf-8"))
