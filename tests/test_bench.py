@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import runpy
 import sqlite3
 import subprocess
 import sys
@@ -307,3 +308,19 @@ def test_concurrency_json_round_trip_renders_the_same_section(tmp_path: Path) ->
     write_section(md, text)
     write_section(md, text)  # and then replaced, not appended again
     assert md.read_text() == "intro\n\n" + text + "\n"
+
+
+def test_concurrency_md_script_rewrites_the_section_from_json(tmp_path: Path) -> None:
+    report = _report(group=(9_000, 20_000))
+    judge(report.results[0])
+    data, md = tmp_path / "concurrency.json", tmp_path / "R.md"
+    data.write_text(json.dumps(report.to_dict()))
+    md.write_text(_SECTION.format(start=START, end=END))
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "concurrency_md.py"
+    main = runpy.run_path(str(script))["main"]
+    assert main([str(data), "--results", str(md), "--plot", str(tmp_path / "c.png")]) == 0
+    section = render_section(report, chart="c.png", json_name="concurrency.json", md_name="R.md")
+    assert md.read_text() == _SECTION.format(start=START, end=END).replace(
+        f"{START}\nold figures\n{END}", section
+    )
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
