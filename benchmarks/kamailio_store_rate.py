@@ -8,9 +8,10 @@ retransmissions, each reply awaited at most ``--recv-timeout`` ms, the whole run
 ``--timeout``). It counts the 202s, the 500s and the replies that never came (sipp's statistics),
 reads every stored row back (each message's number is in its body: a missing or doubled one is
 reported) and measures messages per second of sipp's wall time and the CPU time Kamailio's
-processes spent per message. The two servers run alternately, in a different order each round,
-with the same workers on the same database. The figures replace the section between the markers
-in ``benchmarks/RESULTS.md``::
+processes (and sipp) spent per message. The servers run alternately, in a different order each
+round, with the same workers on the same database; a third one, the example's KEMI routing
+answering 202 without storing, shows the floor under libmsilo. The figures replace the section
+between the markers in ``benchmarks/RESULTS.md``::
 
     python benchmarks/kamailio_store_rate.py [--messages 5000] [--repeat 3] [--pg-url URL]
 """
