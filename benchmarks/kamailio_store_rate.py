@@ -1,17 +1,17 @@
 """SIP store rate through Kamailio: its own msilo module against libmsilo (app_python3), on SQLite
 and PostgreSQL, driven by sipp on loopback.
 
-Each run starts Debian's Kamailio with a fresh ``silo`` table made from Kamailio's own schema
-files and sends ``--messages`` MESSAGEs for offline users with sipp as fast as Kamailio answers
-(``-r`` far above any reachable rate, at most ``--concurrency`` open at a time, no
-retransmissions, each reply awaited at most ``--recv-timeout`` ms, the whole run bounded by
-``--timeout``). It counts the 202s, the 500s and the replies that never came (sipp's statistics),
-reads every stored row back (each message's number is in its body: a missing or doubled one is
-reported) and measures messages per second of sipp's wall time and the CPU time Kamailio's
-processes (and sipp) spent per message. The servers run alternately, in a different order each
-round, with the same workers on the same database; a third one, the example's KEMI routing
-answering 202 without storing, shows the floor under libmsilo. The figures replace the section
-between the markers in ``benchmarks/RESULTS.md``::
+Each run starts Debian's Kamailio with a fresh ``silo`` table made from Kamailio's own schema files
+and sends ``--messages`` MESSAGEs for offline users with sipp as fast as Kamailio answers (``-r``
+far above any reachable rate, at most ``--concurrency`` open at a time, no retransmissions, each
+reply awaited at most ``--recv-timeout`` ms, the whole run bounded by ``--timeout``). It counts the
+202s, the 500s and the replies that never came (sipp's statistics), reads every stored row back
+(each message's number is in its body: one missing, doubled or stored for another user is reported)
+and measures messages per second of sipp's wall time and the CPU time Kamailio's processes (and
+sipp) spent per message. The servers run alternately, in a different order each round, with the
+same workers on the same database; a third one, the example's KEMI routing answering 202 without
+storing, shows the floor under libmsilo. The figures replace the section between the markers in
+``benchmarks/RESULTS.md``::
 
     python benchmarks/kamailio_store_rate.py [--messages 5000] [--repeat 3] [--pg-url URL]
 """
@@ -86,13 +86,13 @@ class Run:
     refused: int  # answered 500: not stored, and the sender knows
     unanswered: int  # no final reply within --recv-timeout, or any other failure
     missing: int  # messages without a row
-    doubled: int  # rows stored more than once, or for no message sent
+    wrong: int  # rows stored twice, for another user, or for no message sent
 
     @property
     def lost(self) -> int:
-        """Messages answered 202 but not stored, or stored twice: a broken promise (a lower
+        """Messages answered 202 but not stored, and wrong rows: broken promises (a lower
         bound should an unanswered message have been stored)."""
-        return max(0, self.missing - self.refused - self.unanswered) + self.doubled
+        return max(0, self.missing - self.refused - self.unanswered) + self.wrong
 
 
 def _sqlite(workdir: Path, children: int) -> Backend:
@@ -121,21 +121,25 @@ def _postgres(url: str, children: int) -> Backend:
 
 
 def _check_rows(backend: Backend, messages: int) -> tuple[int, int]:
-    """Read every stored body back: (messages missing, rows stored twice or not sent)."""
+    """Read every stored row back: (messages missing, rows that are not one sent message stored
+    once for its user). Message n goes to user ``u{(n - 1) % USERS}`` with ``TEXT n`` as body."""
     engine = sa.create_engine(backend.libmsilo_url)
     try:
         with engine.connect() as conn:
-            bodies = conn.execute(sa.text("SELECT body FROM silo")).scalars().all()
+            rows = conn.execute(sa.text("SELECT username, body FROM silo")).all()
     finally:
         engine.dispose()
-    numbers: list[int] = []
-    for body in bodies:
+    good: set[int] = set()
+    wrong = 0
+    for username, body in rows:
         text = bytes(body).decode() if isinstance(body, bytes | memoryview) else str(body)
-        number = text.strip().removeprefix(TEXT)
-        numbers.append(int(number) if number.strip().isdigit() else 0)
-    seen = set(numbers)
-    missing = sum(1 for n in range(1, messages + 1) if n not in seen)
-    return missing, len(numbers) - len(seen & set(range(1, messages + 1)))
+        number = text.strip().removeprefix(TEXT).strip()
+        n = int(number) if number.isdigit() else 0
+        if 1 <= n <= messages and username == f"u{(n - 1) % USERS}" and n not in good:
+            good.add(n)
+        else:
+            wrong += 1
+    return messages - len(good), wrong
 
 
 def _kamailio(which: str, backend: Backend, workdir: Path, net: Net) -> Kamailio:
@@ -239,7 +243,7 @@ def run_once(which: str, backend: Backend, args: argparse.Namespace, workdir: Pa
     if accepted + failed != args.messages:
         raise RuntimeError(f"sipp counted {accepted} + {failed} calls for {args.messages}")
     refused = _count(sipp, "FailedUnexpectedMessage")  # the scenario expects only a 202
-    missing, doubled = _check_rows(backend, args.messages) if which != "kemi" else (0, 0)
+    missing, wrong = _check_rows(backend, args.messages) if which != "kemi" else (0, 0)
     return Run(
         rate=args.messages / elapsed,
         cpu_ms=cpu * 1000 / args.messages,
@@ -247,7 +251,7 @@ def run_once(which: str, backend: Backend, args: argparse.Namespace, workdir: Pa
         refused=refused,
         unanswered=failed - refused,
         missing=missing,
-        doubled=doubled,
+        wrong=wrong,
     )
 
 
@@ -272,18 +276,18 @@ METHOD = """\
 sipp sends {messages:,} MESSAGEs per run for 50 offline users over UDP on 127.0.0.1, offered far
 faster than any server answers (`-r 100000`) with at most {concurrency} open at once (`-l`), no
 retransmissions, each reply awaited at most {recv_timeout} ms (`-recv_timeout`), a 500 ending its
-MESSAGE (`-default_behaviors abortunexp`); Kamailio stores each and answers 202, no offline
-notice. Both servers run with the same SIP workers on the same database, one after the other in
-alternating order each round: Kamailio's msilo from a native config
-(`tests/kamailio/msilo_native.cfg`), libmsilo from `examples/kamailio/` (app_python3, `kamailio`
-profile), both on a fresh `silo` table from Kamailio's own schema files (migrated for libmsilo).
-SQLite runs in WAL mode with SQLite's default `synchronous=FULL` for both (one log sync per
-commit) and one SIP worker: Kamailio's db_sqlite sets no busy timeout, so with a second writer
-msilo answers 500 for most inserts (`database is locked`). After each run every stored body is
-read back. Figures: messages per second of sipp's wall time, median of the runs (min-max); the
-CPU time of all Kamailio processes and of sipp per message (medians; the database server's own
-CPU is not counted); over all runs, `500`: refused (not stored, the sender told), `lost`: answered
-202 but not stored or stored twice, `no reply`: no final reply within the receive timeout."""
+MESSAGE (`-default_behaviors abortunexp`); Kamailio stores each and answers 202, no offline notice.
+Both servers run with the same SIP workers on the same database, one after the other in alternating
+order each round: Kamailio's msilo from a native config (`tests/kamailio/msilo_native.cfg`),
+libmsilo from `examples/kamailio/` (app_python3, `kamailio` profile), both on a fresh `silo` table
+from Kamailio's own schema files (migrated for libmsilo). SQLite runs in WAL mode with SQLite's
+default `synchronous=FULL` for both (one log sync per commit) and one SIP worker: Kamailio's
+db_sqlite sets no busy timeout, so with a second writer msilo answers 500 for most inserts
+(`database is locked`). After each run every stored row is read back (body and user). Figures:
+messages per second of sipp's wall time, median of the runs (min-max); the CPU time of all Kamailio
+processes and of sipp per message (medians; the database server's own CPU is not counted); over all
+runs, `500`: refused (not stored, the sender told), `lost`: answered 202 but not stored, or stored
+twice or for another user, `no reply`: no final reply within the receive timeout."""
 
 
 def _median_range(values: list[float]) -> str:
