@@ -34,8 +34,9 @@ _PENDING = object()
 
 
 class _Slot(Generic[I]):
-    """One queued item. Its caller sleeps on ``wake`` (a lock taken at creation) until the
-    result is in or it is made a flusher (``leader``); only that caller is woken, not all."""
+    """One queued item. A caller that waits sleeps on ``wake`` (a lock taken when it is made,
+    for a caller that is no flusher) until the result is in or it is made a flusher
+    (``leader``); only that caller is woken, not all. A flusher needs no lock."""
 
     __slots__ = ("item", "leader", "result", "wake")
 
@@ -43,8 +44,18 @@ class _Slot(Generic[I]):
         self.item = item
         self.result: object = _PENDING
         self.leader = False
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        self.wake: Any = None
+
+    def sleep_ready(self) -> None:
+        """Make ``wake`` a taken lock that the caller's next ``acquire`` waits on."""
+        if self.wake is None:
+            self.wake = _taken_lock()
+
+
+def _taken_lock() -> Any:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
 
 
 class GroupCommit(Generic[I, R]):
@@ -81,33 +92,55 @@ class GroupCommit(Generic[I, R]):
     def submit(self, item: I) -> R:
         """Queue ``item``, wait for its batch to be flushed; its result (or raise its error)."""
         slot = _Slot(item)
+        batch: list[_Slot[I]] | None = None
         with self._lock:
             self._queue.append(slot)
             if self._running < self._flushers:
                 self._running += 1
                 slot.leader = True
+                if not self._max_wait:  # flush at once: take the batch now
+                    batch = self._take()
+            else:
+                slot.sleep_ready()
+        while True:
+            if batch is None:
+                batch = self._next_batch(slot)
+                if batch is None:
+                    return self._outcome(slot)
+            if self._run(batch, slot):
+                return self._outcome(slot)
+            batch = None
+
+    def _next_batch(self, slot: _Slot[I]) -> list[_Slot[I]] | None:
+        """Wait until ``slot`` has its result (None) or its caller is to flush: the batch."""
         while True:
             if not slot.leader:
                 slot.wake.acquire()  # until its result is in, or it is made a flusher
                 if not slot.leader:
-                    return self._outcome(slot)
+                    return None
             short = len(self._queue) < self._max_batch
             if self._max_wait > 0 and short and slot.result is _PENDING:
                 time.sleep(self._max_wait)  # let a short batch fill up
             with self._lock:
                 if slot.result is not _PENDING:
                     self._hand_over()
-                    return self._outcome(slot)
+                    return None
                 if not self._queue:
                     # Our item is in another flusher's batch: wait for it like the others.
                     slot.leader = False
+                    slot.sleep_ready()
                     self._running -= 1
                     continue
                 # The next batch holds our item unless more than a batch was queued before
                 # it; then the loop flushes (or is handed) the one that does.
-                count = min(self._max_batch, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(count)]
-            self._run(batch)
+                return self._take()
+
+    def _take(self) -> list[_Slot[I]]:
+        """The oldest queued items, at most a batch (called holding the lock)."""
+        queue = self._queue
+        if len(queue) == 1:
+            return [queue.popleft()]
+        return [queue.popleft() for _ in range(min(self._max_batch, len(queue)))]
 
     def _hand_over(self) -> None:
         """A flusher is done (called holding the lock): the oldest waiting caller that is not
@@ -119,8 +152,9 @@ class GroupCommit(Generic[I, R]):
                 return
         self._running -= 1
 
-    def _run(self, batch: list[_Slot[I]]) -> None:
-        """Flush ``batch`` (without the lock), fill in its results and wake their callers."""
+    def _run(self, batch: list[_Slot[I]], flusher: _Slot[I]) -> bool:
+        """Flush ``batch`` (without the lock), fill in its results and wake their callers;
+        whether the ``flusher``'s own result is in (then the flushing is handed over)."""
         results: Sequence[object]
         try:
             results = self._flush([slot.item for slot in batch])
@@ -135,6 +169,10 @@ class GroupCommit(Generic[I, R]):
                     slot.wake.release()
             self.batches += 1
             self.items += len(batch)
+            if flusher.result is _PENDING:
+                return False
+            self._hand_over()
+            return True
 
     @staticmethod
     def _outcome(slot: _Slot[I]) -> R:

@@ -188,6 +188,8 @@ def check_ints(low: int = MIN_INT64, **values: object) -> None:
     """Raise :class:`InvalidRequest` unless every value is an int (not a bool) in
     ``[low, 2**63 - 1]``."""
     for name, value in values.items():
+        if type(value) is int and low <= value <= MAX_INT64:
+            continue  # the common case, decided without a call
         if not _is_int(value):
             raise InvalidRequest(f"{name} must be an int, not {type(value).__name__}")
         if not low <= value <= MAX_INT64:  # type: ignore[operator]
@@ -197,6 +199,8 @@ def check_ints(low: int = MIN_INT64, **values: object) -> None:
 def check_mid(mid: object) -> bool:
     """Whether some row may have id ``mid``: False for an int outside ``[0, 2**63 - 1]`` (the
     caller answers "not found"); :class:`InvalidRequest` when ``mid`` is not an int."""
+    if type(mid) is int:
+        return 0 <= mid <= MAX_INT64
     if not _is_int(mid):
         raise InvalidRequest(f"a message id must be an int, not {type(mid).__name__}")
     return 0 <= mid <= MAX_INT64  # type: ignore[operator]

@@ -20,7 +20,9 @@ from .core import (
     Action,
     DeliveryTracker,
     Op,
+    Policy,
     ReplyOutcome,
+    StoreLimits,
     StoreResult,
     StoreStatus,
     TimerSchedule,
@@ -85,6 +87,7 @@ class Silo:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys((f.name for f in fields(Stats)), 0)
         self._deliveries = DeliveryTracker(self.policy.lease_seconds)
+        self._default_limits: tuple[Policy | None, StoreLimits] = (None, StoreLimits(0, 0))
         self._schedule = TimerSchedule()
         #: Receives latencies and batch sizes (:mod:`libmsilo.metrics`); None measures nothing.
         self.metrics: Metrics | None = None
@@ -212,7 +215,7 @@ class Silo:
         max_messages: int | None,
     ) -> tuple[NewMessage, int]:
         """The row to store for ``request`` and the owner's quota."""
-        limits = store_limits(self.policy, expire_time, max_messages)
+        limits = self._limits(expire_time, max_messages)
         row = build_row(
             request,
             self.policy,
@@ -222,6 +225,16 @@ class Silo:
             lifetime=limits.lifetime,
         )
         return row, limits.quota
+
+    def _limits(self, expire_time: int | None, max_messages: int | None) -> StoreLimits:
+        """:func:`store_limits` of one store; the policy's own limits are worked out once."""
+        if expire_time is not None or max_messages is not None:
+            return store_limits(self.policy, expire_time, max_messages)
+        policy, limits = self._default_limits
+        if policy is not self.policy:
+            limits = store_limits(self.policy, None, None)  # raises for a policy out of range
+            self._default_limits = (self.policy, limits)
+        return limits
 
     def _stored(
         self, request: SipRequest, row: NewMessage, mid: int | None, now: int, notify: bool
@@ -397,20 +410,26 @@ class Silo:
     ) -> list[int | BaseException | None]:
         """Insert ``items`` (row, quota): one driver batch per distinct quota."""
         self._observe_batch("store", len(items))
+        quotas = list(dict.fromkeys(quota for _, quota in items))
+        if len(quotas) == 1:  # the usual case: the whole batch at once
+            return list(self._insert_batch([row for row, _ in items], quotas[0]))
         results: list[int | BaseException | None] = [None] * len(items)
-        by_quota: dict[int, list[int]] = {}
-        for i, (_, quota) in enumerate(items):
-            by_quota.setdefault(quota, []).append(i)
-        for quota, where in by_quota.items():
-            rows = [items[i][0] for i in where]
-            got: Sequence[int | BaseException | None]
-            try:
-                got = insert_many(self.driver, rows, quota)
-            except MsiloError as exc:
-                got = [exc] * len(rows)
+        for quota in quotas:
+            where = [i for i, (_, q) in enumerate(items) if q == quota]
+            got = self._insert_batch([items[i][0] for i in where], quota)
             for i, mid in zip(where, got, strict=True):
                 results[i] = mid
         return results
+
+    def _insert_batch(
+        self, rows: list[NewMessage], quota: int
+    ) -> Sequence[int | BaseException | None]:
+        """One driver batch: each row's id, None (quota) or own error; all the batch's error
+        when the driver fails as a whole."""
+        try:
+            return insert_many(self.driver, rows, quota)
+        except MsiloError as exc:
+            return [exc] * len(rows)
 
     def _started(self) -> float:
         """When an observed call starts: 0.0 without metrics (then nothing is measured)."""

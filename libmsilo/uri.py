@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from libmsilo.errors import InvalidURI
 
@@ -44,6 +45,10 @@ MAX_URI_LENGTH = 4096
 """Longest URI text accepted; far above any real URI, low enough to bound the work per call."""
 MAX_ADDRESS_LENGTH = 8192
 """Longest name-addr or Contact list text accepted (one header line)."""
+# The URIs parsed lately are kept by their text (at most this many, each this long at most):
+# the same From, To and Request-URI URIs come again and again, and a parsed URI is immutable.
+_CACHE_SIZE = 2048
+_CACHED_LENGTH = 256
 
 # ---- rules, RFC 3261 §25.1 -------------------------------------------------------------------
 # Every set includes "%": an escape is "%" HEXDIG HEXDIG, checked once for the whole URI.
@@ -253,7 +258,7 @@ def parse_uri(text: str) -> URI:
     # No control-character scan: no rule of the URI grammar admits one, so every part's
     # character check refuses them.
     try:
-        return _uri(text, 0, len(text))
+        return _uri_at(text, 0, len(text))
     except _Fail as exc:
         raise InvalidURI(exc.message, text, exc.position) from None
 
@@ -348,6 +353,22 @@ _U_SCHEME, _U_USER, _U_PASSWORD, _U_HOST, _U_PORT, _U_PARAMS, _U_HEADERS = _slot
     URI, ("scheme", "user", "password", "host", "port", "params", "headers")
 )
 _N_URI, _N_DISPLAY, _N_PARAMS = _slot_setters(NameAddr, ("uri", "display_name", "params"))
+
+
+def _uri_at(text: str, start: int, end: int) -> URI:
+    """:func:`_uri`, from the cache of recent URIs when this one was parsed lately."""
+    if end - start > _CACHED_LENGTH or type(text) is not str:
+        return _uri(text, start, end)
+    try:
+        return _recent_uri(text[start:end])
+    except _Fail as exc:  # failures are not cached; the position is made one into ``text``
+        exc.position += start
+        raise
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _recent_uri(text: str) -> URI:
+    return _uri(text, 0, len(text))
 
 
 def _uri(text: str, start: int, end: int) -> URI:
@@ -627,7 +648,7 @@ def _name_addr(text: str, pos: int, end: int, in_list: bool) -> tuple[NameAddr, 
         ustart = _skip_ws(text, ustart, close)
         while uend > ustart and text[uend - 1] in _WS:
             uend -= 1
-    uri = _uri(text, ustart, uend)
+    uri = _uri_at(text, ustart, uend)
     params, pos = _header_params(text, close + 1, end, in_list)
     value: NameAddr = _new_object(NameAddr)  # see _slot_setters
     _N_URI(value, uri)
@@ -658,7 +679,7 @@ def _addr_spec(text: str, pos: int, end: int, in_list: bool) -> tuple[NameAddr, 
     qmark = text.find("?", pos, uend)
     if qmark >= 0:
         raise _Fail("a URI with headers must be enclosed in <>", qmark)
-    uri = _uri(text, pos, uend)
+    uri = _uri_at(text, pos, uend)
     params, pos = _header_params(text, uend, end, in_list)
     return NameAddr(uri, None, params), pos
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -128,6 +129,13 @@ def test_expires_header_only_shortens(expires: str, lifetime: int) -> None:
 def test_expire_time_setting() -> None:
     silo = make_silo(Clock(T0), expire_time=100)
     assert silo.get(silo.store(message()).mid).exp_time == T0 + 100
+
+
+def test_a_replaced_policy_sets_the_limits_of_the_next_store() -> None:
+    silo = make_silo(Clock(T0), expire_time=100)
+    assert silo.get(silo.store(message()).mid).exp_time == T0 + 100
+    silo.policy = dataclasses.replace(silo.policy, expire_time=40)
+    assert silo.get(silo.store(message()).mid).exp_time == T0 + 40
 
 
 def test_expire_time_per_call_replaces_the_setting() -> None:

@@ -4,10 +4,13 @@ parsers raise anything but InvalidURI."""
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libmsilo import uri as uri_module
 from libmsilo.errors import InvalidURI
 from libmsilo.uri import URI, NameAddr, parse_contact_list, parse_name_addr, parse_uri
 
@@ -283,3 +286,30 @@ def test_parse_name_addr_raises_only_invalid_uri(text: str) -> None:
 )
 def test_parse_contact_list_raises_only_invalid_uri(text: str) -> None:
     check_contact_list(text)
+
+
+def _answer(parse: Callable[[str], object], text: str) -> object:
+    """What ``parse`` gives for ``text``: its value, or its error's message and position."""
+    try:
+        return parse(text)
+    except InvalidURI as exc:
+        return ("error", str(exc), exc.position)
+
+
+@settings(max_examples=150)
+@given(
+    st.sampled_from([parse_uri, parse_name_addr, parse_contact_list]),
+    st.text(max_size=80)
+    | mutated(name_addr_texts().map(lambda c: c[0]))
+    | name_addr_texts().map(lambda c: c[0]),
+)
+def test_the_cache_of_recent_uris_changes_no_answer(
+    parse: Callable[[str], object], text: str
+) -> None:
+    """A text gives the same value or the same error (message, position in the whole text)
+    with its URI unknown to the cache, known to it, and with the cache off."""
+    with mock.patch.object(uri_module, "_CACHED_LENGTH", -1):
+        uncached = _answer(parse, text)
+    uri_module._recent_uri.cache_clear()
+    assert _answer(parse, text) == uncached  # the URI new to the cache
+    assert _answer(parse, text) == uncached  # and known to it

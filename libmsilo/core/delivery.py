@@ -113,23 +113,39 @@ class Settled:
     counters: tuple[str, ...] = ()
 
 
+# The few outcomes a carried-out action can have, made once (they are frozen).
+_SETTLED = {outcome: Settled(outcome) for outcome in ReplyOutcome}
+_DELIVERED = {
+    reminder: Settled(
+        ReplyOutcome.DELIVERED, ("dumped_reminders" if reminder else "dumped_messages",)
+    )
+    for reminder in (False, True)
+}
+_FAILED = {
+    (reminder, dropped): Settled(
+        ReplyOutcome.DROPPED if dropped else ReplyOutcome.RETRY,
+        ("failed_reminders" if reminder else "failed_messages",)
+        + (("dropped_messages",) if dropped else ()),
+    )
+    for reminder in (False, True)
+    for dropped in (False, True)
+}
+
+
 def settle(action: Action, result: bool | ReleaseResult | None = None) -> Settled:
     """The outcome of ``action`` given the driver's answer (``delete``'s bool, ``release``'s
     result; nothing for a NOTHING action)."""
     if action.op is Op.DELETE:
         if not result:
-            return Settled(ReplyOutcome.IGNORED)  # already gone (answered, purged)
-        return Settled(
-            ReplyOutcome.DELIVERED, ("dumped_reminders" if action.reminder else "dumped_messages",)
-        )
+            return _SETTLED[ReplyOutcome.IGNORED]  # already gone (answered, purged)
+        return _DELIVERED[bool(action.reminder)]
     if action.op is Op.RELEASE:
-        failed = "failed_reminders" if action.reminder else "failed_messages"
         if result is ReleaseResult.RELEASED:
-            return Settled(ReplyOutcome.RETRY, (failed,))
+            return _FAILED[bool(action.reminder), False]
         if result is ReleaseResult.DROPPED:
-            return Settled(ReplyOutcome.DROPPED, (failed, "dropped_messages"))
-        return Settled(ReplyOutcome.IGNORED)  # not found, or leased to another token
-    return Settled(action.outcome)
+            return _FAILED[bool(action.reminder), True]
+        return _SETTLED[ReplyOutcome.IGNORED]  # not found, or leased to another token
+    return _SETTLED[action.outcome]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,10 @@ __all__ = [
 ]
 
 
-def _owner_of(uri: URI, what: str, *, need_host: bool) -> tuple[str, str]:
-    user, host = aor(uri)
+def _owner_of(
+    uri: URI, what: str, *, need_host: bool, key: tuple[str, str] | None = None
+) -> tuple[str, str]:
+    user, host = aor(uri) if key is None else key  # ``key``: aor(uri), when known already
     if not user:
         raise InvalidRequest(f"{what} {uri} has no user part")
     if need_host and not host:
@@ -63,9 +65,9 @@ def choose_owner(request: SipRequest, owner: str | None = None) -> tuple[str, st
     except InvalidURI:
         ruri = None
     if ruri is not None and ruri.scheme != "tel":
-        user, host = aor(ruri)
-        if user and host:
-            return _owner_of(ruri, "Request-URI", need_host=True)
+        key = aor(ruri)
+        if key[0] and key[1]:
+            return _owner_of(ruri, "Request-URI", need_host=True, key=key)
     return _owner_of(request.to_addr.uri, "To URI", need_host=True)
 
 
