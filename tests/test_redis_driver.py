@@ -196,6 +196,41 @@ def test_insert_script_is_idempotent_for_one_id(driver: RedisDriver) -> None:
         assert driver.count(msg.username, msg.domain, NOW) == 1
 
 
+def test_batches_take_one_script_call_per_slot(
+    driver: RedisDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """insert_many and delete_many: one script call for the batch on standalone Redis, one per
+    group (slot) on a cluster; answers in order, a repeated id deleted once."""
+    sent: list[tuple[str, int]] = []  # (script, messages) of each call
+    run, run_many = driver._run, driver._run_many
+
+    def one(name: str, keys: list[bytes], args: list[object]) -> object:
+        sent.append((name, len(keys)))
+        return run(name, keys, args)
+
+    def many(calls: list[rdriver.Call]) -> list[object]:
+        sent.extend((name, len(keys)) for name, keys, _ in calls)
+        return run_many(calls)
+
+    monkeypatch.setattr(driver, "_run", one)
+    monkeypatch.setattr(driver, "_run_many", many)
+    users = [f"s{i % 5}" for i in range(12)]
+    got = driver.insert_many([make_message(user=u, body=b"%d" % i) for i, u in enumerate(users)])
+    mids = [m for m in got if isinstance(m, int)]
+    assert len(mids) == 12 and mids == sorted(mids)
+    groups = len({owner_group(u, "example.com") for u in users})
+    clustered = not driver._bucket_base
+    inserts = [n for name, n in sent if name == "insert"]
+    assert sum(inserts) == 12 and len(inserts) == (groups if clustered else 1)
+    sent.clear()
+    answers = driver.delete_many([mids[0], mids[5], 10**12, mids[0], *mids[6:]])
+    assert answers == [True, True, False, False] + [True] * 6
+    deletes = [n for name, n in sent if name == "delete"]
+    assert sum(deletes) == 10  # 10**12 % GROUPS == 0: a group of its own
+    assert len(deletes) == (groups + 1 if clustered else 1)
+    assert sum(driver.count(u, "example.com", NOW) for u in set(users)) == 4
+
+
 def test_times_beyond_32_bits_and_binary_bodies(driver: RedisDriver) -> None:
     body = bytes(range(256)) * 3 + b"\r\n\x00"
     msg = make_message(body=body, inc_time=2**40, exp_time=2**52, snd_time=2**41)
@@ -389,7 +424,7 @@ def test_schema_versions_are_recorded_and_migrated(driver: RedisDriver) -> None:
     check_version_cycle(driver, record)
 
 
-# ---- the asyncio client's command packing -----------------------------------------------------
+# ---- command packing -----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -402,11 +437,27 @@ def test_schema_versions_are_recorded_and_migrated(driver: RedisDriver) -> None:
         ("SET", b"k", memoryview(b"v" * 10_000)),
     ],
 )
-def test_asyncio_connections_pack_commands_as_redis_py_does(command: tuple[object, ...]) -> None:
-    plain = aredis.Connection()
-    fast = rdriver._hiredis_packing(aredis.Connection)()
-    assert fast.pack_command is not plain.pack_command
+@pytest.mark.parametrize("connection_class", [redis.Connection, aredis.Connection])
+def test_connections_pack_commands_as_redis_py_does(
+    command: tuple[object, ...], connection_class: type[redis.Connection]
+) -> None:
+    plain = connection_class()
+    fast = rdriver._hiredis_packing(connection_class)()
+    assert type(fast).pack_command is not connection_class.pack_command
     assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
+
+
+def test_the_drivers_pack_with_hiredis(driver: RedisDriver) -> None:
+    client = driver.client
+    if isinstance(client, RedisCluster):
+        pools = [n.redis_connection.connection_pool for n in client.get_nodes()]  # type: ignore[no-untyped-call]
+    else:
+        pools = [client.connection_pool]
+    for pool in pools:
+        assert pool.connection_class is rdriver._hiredis_packing(redis.Connection)
+    got = driver.insert_many([make_message(body=b"%d" % i) for i in range(3)])
+    assert all(isinstance(m, int) for m in got)
+    assert driver.count("alice", "example.com", NOW) == 3
 
 
 def test_the_asyncio_driver_packs_with_hiredis() -> None:

@@ -490,22 +490,21 @@ class RedisDriver(RecordedVersion):
             else:
                 self._run_many(calls)
         except rexc.RedisError:
-            undo: list[Call] = [
-                (
-                    "delete",
-                    (self._msg_key(mid),),
-                    (_group_base(self._prefix, mid % GROUPS), mid),
-                )
-                for mid, _ in stored
-            ]
+            undo = [mid for mid, _ in stored]
             try:
-                self._run_many(undo)
+                self._run_many(
+                    [
+                        ("delete", [self._msg_key(undo[i]) for i in part], [undo[i] for i in part])
+                        for part in self._slot_parts(undo)
+                    ]
+                )
             except rexc.RedisError:
                 log.warning("redis: %d messages stored without their index entries", len(stored))
             raise
 
     def delete_many(self, mids: Sequence[int]) -> list[bool | MsiloError]:
-        """Delete messages with one pipeline of delete scripts, then their bucket entries."""
+        """Delete messages with one delete script per slot (standalone Redis: one for the
+        batch), then their bucket entries."""
         results: list[bool | MsiloError] = [False] * len(mids)
         todo: list[int] = []
         for i, mid in enumerate(mids):
@@ -515,21 +514,39 @@ class RedisDriver(RecordedVersion):
             except MsiloError as exc:
                 results[i] = exc
         if todo:
-            calls: list[Call] = []
-            for i in todo:
-                base = _group_base(self._prefix, mids[i] % GROUPS)
-                calls.append(("delete", (base + b"m:%d" % mids[i],), (base, mids[i])))
-
-            def run() -> list[Any]:
-                done = self._run_many(calls)
-                self._unindex(
-                    [mids[i] for i, ok in zip(todo, done, strict=True) if ok], also_exp=True
-                )
-                return done
-
-            for i, ok in zip(todo, self._step(run), strict=True):
-                results[i] = bool(ok)
+            checked = [mids[i] for i in todo]
+            for i, ok in zip(todo, self._step(lambda: self._delete_batch(checked)), strict=True):
+                results[i] = ok
         return results
+
+    def _delete_batch(self, mids: Sequence[int]) -> list[bool]:
+        """Delete checked ids (in order: a repeated id is found once); whether each was."""
+        parts = self._slot_parts(mids)
+        calls: list[Call] = [
+            ("delete", [self._msg_key(mids[i]) for i in part], [mids[i] for i in part])
+            for part in parts
+        ]
+        done = [self._run(*calls[0])] if len(calls) == 1 else self._run_many(calls)
+        deleted = [False] * len(mids)
+        for part, replies in zip(parts, done, strict=True):
+            for i, ok in zip(part, replies, strict=True):
+                deleted[i] = bool(ok)
+        gone = [mid for mid, ok in zip(mids, deleted, strict=True) if ok]
+        if gone:
+            self._unindex(gone, also_exp=True)
+        return deleted
+
+    def _slot_parts(self, mids: Sequence[int]) -> list[list[int]]:
+        """The positions in ``mids`` in parts of at most _BATCH, in order: one part per group
+        on a cluster (one slot each), any ids together on standalone Redis."""
+        if self._bucket_base:
+            return [list(range(i, min(i + _BATCH, len(mids)))) for i in range(0, len(mids), _BATCH)]
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, mid in enumerate(mids):
+            groups[mid % GROUPS].append(i)
+        return [
+            part[i : i + _BATCH] for part in groups.values() for i in range(0, len(part), _BATCH)
+        ]
 
     @storage_step
     def claim(
@@ -580,11 +597,7 @@ class RedisDriver(RecordedVersion):
     @storage_step
     def delete(self, mid: int) -> bool:
         """Delete one message, then its bucket entries."""
-        group_base = _group_base(self._prefix, mid % GROUPS)
-        deleted = bool(self._run("delete", (group_base + b"m:%d" % mid,), (group_base, mid)))
-        if deleted:
-            self._unindex([mid], also_exp=True)
-        return deleted
+        return self._delete_batch([mid])[0]
 
     @storage_step
     def release(
@@ -808,6 +821,7 @@ def open_redis(url: str, layout: StoreLayout, options: DriverOptions) -> RedisDr
                 url=f"redis://{host}:{first.port}",
                 startup_nodes=others,
                 connection_pool_class=redis.BlockingConnectionPool,
+                connection_class=_hiredis_packing(redis.Connection),
                 max_connections=options.pool_size,
                 timeout=options.timeout,
                 socket_timeout=timeout,
@@ -849,7 +863,7 @@ def _standalone_pool(
     Redis: at most ``pool_size`` connections, a caller waits for a free one at most the
     timeout; one quick retry (``retry``: the module's ``Retry``) for a pooled connection the
     server has closed (scripts are safe to repeat: an insert recognises its own id)."""
-    return client.BlockingConnectionPool.from_url(
+    pool = client.BlockingConnectionPool.from_url(
         url,
         max_connections=options.pool_size,
         timeout=options.timeout,
@@ -857,14 +871,17 @@ def _standalone_pool(
         socket_connect_timeout=timeout,
         retry=retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
     )
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+    return pool
 
 
 @functools.cache
 def _hiredis_packing(connection_class: type[Any]) -> type[Any]:
-    """``connection_class`` (of ``redis.asyncio``) packing commands with hiredis, as redis-py's
-    blocking client does: the asyncio client packs in Python, argument by argument, which was
-    a third of a batch's time. Values hiredis does not take (a bytearray) are packed the
-    asyncio client's way. Without hiredis the class itself."""
+    """``connection_class`` (of ``redis`` or ``redis.asyncio``) packing commands in one hiredis
+    call: the asyncio client packs in Python, argument by argument (a third of a batch's time),
+    the blocking one looks at every argument in Python before hiredis packs them. Values
+    hiredis does not take (a bytearray) are packed the client's own way. Without hiredis the
+    class itself."""
     try:
         from hiredis import pack_command
     except ImportError:  # pragma: no cover - hiredis is a dependency
@@ -902,7 +919,6 @@ async def open_redis_async(url: str, layout: StoreLayout, options: DriverOptions
 
     def connect() -> Client:
         pool = _standalone_pool(aredis, AsyncRetry, url, options, timeout)
-        pool.connection_class = _hiredis_packing(pool.connection_class)
         return cast(Client, AsyncFace(aredis.Redis.from_pool(pool)))
 
     driver = RedisDriver(connect, layout, wait=wait, where=mask_url(url))

@@ -180,10 +180,17 @@ end
 return {out, stale}
 """
 
-# KEYS: message hash. ARGV: group key base, mid. Returns 1 when deleted, 0 when absent.
+# KEYS: message hashes (one slot on a cluster). ARGV: their mids.
+# Returns one answer per message, in order: 1 deleted, 0 absent.
 _DELETE = """
-local m = redis.call('HMGET', KEYS[1], F_USER, F_DOMAIN, F_SND)
-return drop(ARGV[1], KEYS[1], ARGV[2], m[1], m[2], m[3])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local mid = ARGV[i]
+  local m = redis.call('HMGET', key, F_USER, F_DOMAIN, F_SND)
+  -- The key is base .. 'm:' .. mid: the owner keys share its base (its slot).
+  out[i] = drop(string.sub(key, 1, #key - #mid - 2), key, mid, m[1], m[2], m[3])
+end
+return out
 """
 
 # KEYS: message hash. ARGV: group key base, mid, has_token (1/0), token, to_offline (1/0),
