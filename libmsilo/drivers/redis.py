@@ -24,13 +24,13 @@ a bucket entry is written after the message (and removed after it), on standalon
 script maintains it in the same atomic step. Either way readers treat an entry whose message is
 gone, or no longer a reminder, as stale and drop it.
 
-Round trips: a store is INCRBY + one script; a batch of stores is INCRBY + one script per slot
-(standalone Redis: one script for the batch) in one pipeline; a claim, a delete or a release is
-one script. The
-cross-owner sweeps (due reminders, expiry) read the bucket indexes in one pipeline and then send
-their per-group scripts in one pipeline (a cluster pipeline batches them per node); each script is
-still one atomic step in one slot, so pipelining changes the number of round trips, not what any
-step does.
+Round trips: a store is INCRBY + one script; a claim, a delete or a release is one script. A
+batch of stores is INCRBY + one insert script per slot, a batch of deletes one delete script per
+slot (standalone Redis, where slots do not matter: one script for the batch), a batch of
+releases one script each, a batch's scripts in one pipeline. The cross-owner sweeps (due
+reminders, expiry) read the bucket indexes in one pipeline and then send their per-group scripts
+in one pipeline (a cluster pipeline batches them per node); each script is still one atomic step
+in one slot, so pipelining changes the number of round trips, not what any step does.
 """
 
 from __future__ import annotations
