@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 import redis
@@ -204,7 +205,7 @@ def test_batches_take_one_script_call_per_slot(
     sent: list[tuple[str, int]] = []  # (script, messages) of each call
     run, run_many = driver._run, driver._run_many
 
-    def one(name: str, keys: list[bytes], args: list[object]) -> object:
+    def one(name: str, keys: Sequence[bytes], args: Sequence[bytes | int | str]) -> object:
         sent.append((name, len(keys)))
         return run(name, keys, args)
 
@@ -229,6 +230,22 @@ def test_batches_take_one_script_call_per_slot(
     assert sum(deletes) == 10  # 10**12 % GROUPS == 0: a group of its own
     assert len(deletes) == (groups + 1 if clustered else 1)
     assert sum(driver.count(u, "example.com", NOW) for u in set(users)) == 4
+
+
+def test_batches_beyond_one_call_keep_order_and_quota(
+    driver: RedisDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rdriver, "_BATCH", 4)  # messages per script call
+    msgs = [make_message(user=f"b{i % 3}", body=b"%d" % i) for i in range(30)]
+    got = driver.insert_many(msgs, 7)
+    assert got[21:] == [None] * 9  # each owner's first 7 are stored, in batch order
+    mids = [m for m in got[:21] if isinstance(m, int)]
+    assert len(mids) == 21 and mids == sorted(mids)
+    for mid, msg in zip(mids, msgs, strict=False):
+        stored = driver.get(mid)
+        assert stored is not None and stored.body == msg.body
+    assert driver.delete_many([*mids, *mids[:3]]) == [True] * 21 + [False] * 3
+    assert sum(driver.count(f"b{i}", "example.com", NOW) for i in range(3)) == 0
 
 
 def test_times_beyond_32_bits_and_binary_bodies(driver: RedisDriver) -> None:
@@ -285,8 +302,9 @@ def test_release_many_keeps_the_bucket_indexes(
 ) -> None:
     """One pipeline for the batch; a dropped message leaves both indexes, a reminder turned
     offline the reminder index, and the others keep their entries."""
-    mids = [driver.insert(make_message(user=f"r{i}", snd_time=NOW - 1)) for i in range(4)]
-    assert all(m is not None for m in mids)
+    inserted = [driver.insert(make_message(user=f"r{i}", snd_time=NOW - 1)) for i in range(4)]
+    mids = [m for m in inserted if m is not None]
+    assert len(mids) == 4
     claimed = driver.claim_due_reminders(NOW, NOW + 30, "t")
     assert sorted(r.mid for r in claimed) == mids
 
@@ -439,7 +457,7 @@ def test_schema_versions_are_recorded_and_migrated(driver: RedisDriver) -> None:
 )
 @pytest.mark.parametrize("connection_class", [redis.Connection, aredis.Connection])
 def test_connections_pack_commands_as_redis_py_does(
-    command: tuple[object, ...], connection_class: type[redis.Connection]
+    command: tuple[object, ...], connection_class: Any
 ) -> None:
     plain = connection_class()
     fast = rdriver._hiredis_packing(connection_class)()
