@@ -4,6 +4,7 @@ a :class:`~.concurrency.ConcurrencyReport` (a run, or its JSON read back)."""
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -240,6 +241,10 @@ producer threads (open loop: each store is due at a fixed time and its latency r
 so queueing counts), group commit on."""
 
 
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False)
+
+
 def _met(met: bool | None) -> str:
     return "" if met is None else ("yes" if met else "**no**")
 
@@ -296,10 +301,12 @@ def render_section(
         _command(report, json_name, chart or "concurrency.png", md_name),
         "```",
         "",
-        f"{when} UTC, one run of {report.elapsed_s:.0f} s; load average {load[0]:.1f} at the "
-        f"start, {load[-1]:.1f} at the end ({m.get('nproc')} cores, `{m.get('cpu')}`, shared "
-        f"with other engineers' test runs). Python {m.get('python')}; {clients}. {servers}. "
-        "The database settings are those of the storage benchmark above.",
+        _wrap(
+            f"{when} UTC, one run of {report.elapsed_s:.0f} s; load average {load[0]:.1f} at "
+            f"the start, {load[-1]:.1f} at the end ({m.get('nproc')} cores, `{m.get('cpu')}`, "
+            f"shared with other engineers' test runs). Python {m.get('python')}; {clients}. "
+            f"{servers}. The database settings are those of the storage benchmark above."
+        ),
         "",
         _METHOD.format(
             count=count,
