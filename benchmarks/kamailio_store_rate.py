@@ -283,11 +283,12 @@ libmsilo from `examples/kamailio/` (app_python3, `kamailio` profile), both on a 
 from Kamailio's own schema files (migrated for libmsilo). SQLite runs in WAL mode with SQLite's
 default `synchronous=FULL` for both (one log sync per commit) and one SIP worker: Kamailio's
 db_sqlite sets no busy timeout, so with a second writer msilo answers 500 for most inserts
-(`database is locked`). After each run every stored row is read back (body and user). Figures:
-messages per second of sipp's wall time, median of the runs (min-max); the CPU time of all Kamailio
-processes and of sipp per message (medians; the database server's own CPU is not counted); over all
-runs, `500`: refused (not stored, the sender told), `lost`: answered 202 but not stored, or stored
-twice or for another user, `no reply`: no final reply within the receive timeout."""
+(`database is locked`), and with one now and then, when its clean timer writes at the same moment.
+After each run every stored row is read back (body and user). Figures: messages per second of
+sipp's wall time, median of the runs (min-max); the CPU time of all Kamailio processes and of sipp
+per message (medians; the database server's own CPU is not counted); over all runs, `500`: refused
+(not stored, the sender told), `lost`: answered 202 but not stored, or stored twice or for another
+user, `no reply`: no final reply within the receive timeout."""
 
 
 def _median_range(values: list[float]) -> str:
@@ -300,7 +301,7 @@ def _problems(runs: list[Run]) -> str:
         (sum(r.lost for r in runs), "lost"),
         (sum(r.unanswered for r in runs), "no reply"),
     ]
-    return ", ".join(f"{n} {what}" for n, what in counts if n) or "none"
+    return ", ".join(f"{what}: {n}" for n, what in counts if n) or "none"
 
 
 def _section(results: Results, args: argparse.Namespace, load: tuple[float, float]) -> str:
@@ -359,7 +360,7 @@ adds its Python time to every sync (the sync's own system time is in both figure
 the workers share the cores with the database and sipp, so libmsilo is bound by its CPU per message
 while msilo is bound by the commit latency. The group commit cannot help inside Kamailio: each
 worker process runs one request at a time with its own `Silo`, so a batch would only ever hold one
-message (the adapter turns it off: 10 % fewer Python calls and about 8 % less CPU per store), and
+message (the adapter turns it off: 10% fewer Python calls and about 8% less CPU per store), and
 batching across workers would need the requests to meet in one process (docs/kamailio.md,
 "Throughput")."""
 
