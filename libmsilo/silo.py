@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from functools import partial
 from types import TracebackType
+from typing import TypeVar
 
 from .core import (
     Action,
@@ -44,7 +45,7 @@ from .core import (
 )
 from .drivers import open_driver
 from .drivers.base import Driver
-from .drivers.batch import delete_many, insert_many, release_many
+from .drivers.batch import Release, delete_many, insert_many, release_many
 from .drivers.plumbing import totals
 from .errors import InvalidRequest, MsiloError
 from .group_commit import GroupCommit
@@ -60,6 +61,8 @@ log = logging.getLogger("libmsilo")
 Clock = Callable[[], float]
 Sender = Callable[[OutgoingMessage], None]
 Build = Callable[[StoredMessage], OutgoingMessage]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +415,7 @@ class Silo:
         self._observe_batch("store", len(items))
         quotas = list(dict.fromkeys(quota for _, quota in items))
         if len(quotas) == 1:  # the usual case: the whole batch at once
-            return list(self._insert_batch([row for row, _ in items], quotas[0]))
+            return self._insert_batch([row for row, _ in items], quotas[0])
         results: list[int | BaseException | None] = [None] * len(items)
         for quota in quotas:
             where = [i for i, (_, q) in enumerate(items) if q == quota]
@@ -421,15 +424,12 @@ class Silo:
                 results[i] = mid
         return results
 
-    def _insert_batch(
-        self, rows: list[NewMessage], quota: int
-    ) -> Sequence[int | BaseException | None]:
-        """One driver batch: each row's id, None (quota) or own error; all the batch's error
-        when the driver fails as a whole."""
-        try:
-            return insert_many(self.driver, rows, quota)
-        except MsiloError as exc:
-            return [exc] * len(rows)
+    def _insert_batch(self, rows: list[NewMessage], quota: int) -> list[int | BaseException | None]:
+        """One driver batch: each row's id, None (quota) or own error."""
+        driver = self.driver
+        return _batch(
+            rows, lambda row: driver.insert(row, quota), lambda: insert_many(driver, rows, quota)
+        )
 
     def _started(self) -> float:
         """When an observed call starts: 0.0 without metrics (then nothing is measured)."""
@@ -447,18 +447,19 @@ class Silo:
 
     def _flush_deletes(self, actions: Sequence[Action]) -> list[bool | BaseException]:
         self._observe_batch("ack", len(actions))
-        try:
-            return list(delete_many(self.driver, [a.mid for a in actions]))
-        except MsiloError as exc:
-            return [exc] * len(actions)
+        driver = self.driver
+        mids = [a.mid for a in actions]
+        return _batch(mids, driver.delete, lambda: delete_many(driver, mids))
 
     def _flush_releases(self, actions: Sequence[Action]) -> list[ReleaseResult | BaseException]:
         self._observe_batch("release", len(actions))
+        driver, attempts = self.driver, self.policy.max_attempts
         releases = [(a.mid, a.token, a.reminder) for a in actions]
-        try:
-            return list(release_many(self.driver, releases, self.policy.max_attempts))
-        except MsiloError as exc:
-            return [exc] * len(actions)
+
+        def one(item: Release) -> ReleaseResult:
+            return driver.release(item[0], item[1], to_offline=item[2], max_attempts=attempts)
+
+        return _batch(releases, one, lambda: release_many(driver, releases, attempts))
 
     # ---- timers
 
@@ -558,6 +559,20 @@ class Silo:
     def purge_expired(self, now: float | None = None) -> int:
         """Delete every expired message now."""
         return self.driver.delete_expired(int(self._clock() if now is None else now))
+
+
+def _batch(
+    items: Sequence[T], one: Callable[[T], R], many: Callable[[], Sequence[R | MsiloError]]
+) -> list[R | BaseException]:
+    """One driver batch step over ``items``: each item's answer or own error, every item the
+    error of a batch that fails as a whole. A batch of one takes the driver's single step
+    (what its batch step does with one item, without the batch's frame)."""
+    try:
+        if len(items) == 1:
+            return [one(items[0])]
+        return list(many())
+    except MsiloError as exc:
+        return [exc] * len(items)
 
 
 def flushers_for(settings: MsiloSettings) -> int:

@@ -45,8 +45,9 @@ MAX_URI_LENGTH = 4096
 """Longest URI text accepted; far above any real URI, low enough to bound the work per call."""
 MAX_ADDRESS_LENGTH = 8192
 """Longest name-addr or Contact list text accepted (one header line)."""
-# The URIs parsed lately are kept by their text (at most this many, each this long at most):
-# the same From, To and Request-URI URIs come again and again, and a parsed URI is immutable.
+# The URIs and name-addrs parsed lately are kept by their text (at most this many of each, each
+# this long at most): the same From, To and Request-URI URIs come again and again, and a parsed
+# value is immutable.
 _CACHE_SIZE = 2048
 _CACHED_LENGTH = 256
 
@@ -271,10 +272,18 @@ def parse_name_addr(text: str) -> NameAddr:
     if type(text) is not str or len(text) > MAX_ADDRESS_LENGTH:
         _check_text(text, MAX_ADDRESS_LENGTH, "address")
     try:
+        if text.endswith(">") and len(text) <= _CACHED_LENGTH and type(text) is str:
+            # No header parameters (no tag, as in the To of most requests): it comes again.
+            return _recent_name_addr(text)
         # Outside a list, _name_addr consumes the whole text or fails.
         return _name_addr(text, 0, len(text), False)[0]
     except _Fail as exc:
         raise InvalidURI(exc.message, text, exc.position) from None
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _recent_name_addr(text: str) -> NameAddr:
+    return _name_addr(text, 0, len(text), False)[0]
 
 
 def parse_address(text: str) -> NameAddr:

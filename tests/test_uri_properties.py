@@ -311,5 +311,6 @@ def test_the_cache_of_recent_uris_changes_no_answer(
     with mock.patch.object(uri_module, "_CACHED_LENGTH", -1):
         uncached = _answer(parse, text)
     uri_module._recent_uri.cache_clear()
+    uri_module._recent_name_addr.cache_clear()
     assert _answer(parse, text) == uncached  # the URI new to the cache
     assert _answer(parse, text) == uncached  # and known to it
