@@ -308,6 +308,7 @@ class Silo:
         build: Build,
     ) -> list[OutgoingMessage]:
         out: list[OutgoingMessage] = []
+        sent: list[int] = []
         for row in rows:
             try:
                 msg = sendable(build(row))
@@ -316,8 +317,9 @@ class Silo:
                 log.warning("stored message %d cannot be sent: %s", row.mid, exc)
                 self._carry_out(self._deliveries.unsendable(row.mid, token, kind))
                 continue
-            self._deliveries.sent(row.mid, token, kind, lease_until)
             out.append(msg)
+            sent.append(row.mid)
+        self._deliveries.sent_many(sent, token, kind, lease_until)
         return out
 
     # ---- replies

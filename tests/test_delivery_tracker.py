@@ -343,3 +343,13 @@ def test_settle(
 ) -> None:
     settled = settle(action, result)
     assert (settled.outcome, settled.counters) == (outcome, counters)
+
+
+def test_sent_many_records_each_delivery_as_sent_does() -> None:
+    t = _one()
+    t.sent_many([MID, 8], "d2", REMINDER, 200)
+    assert t.flights(MID) == ("d2", ("d1",))  # d1 superseded, as by sent()
+    assert t.flights(8) == ("d2", ())
+    assert t.reply(8, 500, "d2") == Action(Op.RELEASE, 8, "d2", reminder=True)
+    assert t.reply(MID, 200, "d2") == Action(Op.DELETE, MID, reminder=True)
+    assert len(t) == 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import InvalidRequest
@@ -192,15 +193,23 @@ class DeliveryTracker:
 
     def sent(self, mid: int, token: str, kind: MessageKind, lease_until: int) -> None:
         """A dump or reminder of ``mid`` leased to ``token`` went out to the host."""
-        flight = _Flight(token, kind is MessageKind.REMINDER, lease_until)
+        self.sent_many((mid,), token, kind, lease_until)
+
+    def sent_many(
+        self, mids: Iterable[int], token: str, kind: MessageKind, lease_until: int
+    ) -> None:
+        """:meth:`sent` for each of ``mids``, leased together (one dump, one sweep)."""
+        flight = _Flight(token, kind is MessageKind.REMINDER, lease_until)  # frozen: shared
         with self._lock:
-            entry = self._by_mid.get(mid)
-            if entry is None:
-                self._by_mid[mid] = _Deliveries(flight)
-                return
-            if entry.current is not None:
-                entry.older.append(entry.current)  # unanswered, superseded
-            entry.current = flight
+            by_mid = self._by_mid
+            for mid in mids:
+                entry = by_mid.get(mid)
+                if entry is None:
+                    by_mid[mid] = _Deliveries(flight)
+                    continue
+                if entry.current is not None:
+                    entry.older.append(entry.current)  # unanswered, superseded
+                entry.current = flight
 
     def unsendable(self, mid: int, token: str, kind: MessageKind) -> Action:
         """A leased row cannot be turned into a MESSAGE: a failed attempt, lease released

@@ -97,6 +97,12 @@ def plan_dump(request: SipRequest | None) -> DumpPlan:
     return DumpPlan(False, "the UA does not accept MESSAGE")
 
 
+# A queue's messages were mostly stored in bursts, many in the same second: each second's Date
+# value and body prefix time are formatted once.
+_date = lru_cache(maxsize=1024)(rfc1123)
+_ctime = lru_cache(maxsize=1024)(ctime24)
+
+
 @lru_cache(maxsize=256)
 def is_text_plain(ctype: str) -> bool:
     """Whether a stored Content-Type parses as ``text/plain`` (parameters allowed)
@@ -110,7 +116,7 @@ def _prefixed(kind: str, when: int, msg: StoredMessage, policy: Policy) -> bytes
     # [BEHAVIOUR.md §3.5].
     if not policy.add_date or not is_text_plain(msg.ctype):
         return msg.body
-    return f"[{kind} message - {ctime24(when, policy.zone)}] ".encode() + msg.body
+    return f"[{kind} message - {_ctime(when, policy.zone)}] ".encode() + msg.body
 
 
 def _stored_value(value: str, what: str, mid: int) -> str:
@@ -154,7 +160,7 @@ def dump_message(
     and its kept Call-ID becomes the MESSAGE's."""
     src = _stored_value(msg.src_addr, "src_addr", msg.mid)
     dst = _stored_value(msg.dst_addr, "dst_addr", msg.mid)
-    headers = [("Date", rfc1123(msg.inc_time))] if msg.inc_time > 0 else []
+    headers = [("Date", _date(msg.inc_time))] if msg.inc_time > 0 else []
     headers += _type_and_contact(msg, src, policy)
     headers += extra
     if msg.extra_hdrs:
