@@ -348,19 +348,19 @@ ANALYSIS = """\
 Where the time goes. The KEMI routing alone, storing nothing, answers {floor}, and sipp spends at
 most {sipp:.3f} ms of CPU per message: neither the harness nor app_python3 bounds these figures;
 the store does. Kamailio's CPU per message with msilo and with libmsilo: {cpu}. msilo's store is
-one C insert; libmsilo's is Python, about 260 Python calls per message on SQLite and 310 on
+one C insert; libmsilo's is Python, about 256 Python calls per message on SQLite and 306 on
 PostgreSQL (cProfile), 0.05 ms of CPU in a loop with SQLite on a RAM disk. In a live PostgreSQL
-worker (8 workers, timed with process_time inside Kamailio) one route call took 0.28 ms of CPU:
-psycopg 0.11, the rest of the driver 0.02, reading `$mb` and the source from Kamailio and parsing
+worker (8 workers, timed with process_time inside Kamailio) one route call took 0.26 ms of CPU:
+psycopg 0.10, the rest of the driver 0.02, reading `$mb` and the source from Kamailio and parsing
 the request 0.03, choosing the owner and building the row 0.03, the Silo and the adapter 0.02, the
-route's other KSR calls and the 202 0.07 (the same code runs slower there than in a loop: the
+route's other KSR calls and the 202 0.06 (the same code runs slower there than in a loop: the
 worker sleeps on the network and the database between messages, and shares 2 cores with 7 other
 workers, the database and sipp). On SQLite one worker waits for each commit's log sync, so libmsilo
 adds its Python time to every sync (the sync's own system time is in both figures); on PostgreSQL
 the workers share the cores with the database and sipp, so libmsilo is bound by its CPU per message
 while msilo is bound by the commit latency. The group commit cannot help inside Kamailio: each
 worker process runs one request at a time with its own `Silo`, so a batch would only ever hold one
-message (the adapter turns it off: 10% fewer Python calls and about 8% less CPU per store), and
+message (the adapter turns it off: about 10% fewer Python calls and 10% less CPU per store), and
 batching across workers would need the requests to meet in one process (docs/kamailio.md,
 "Throughput")."""
 
