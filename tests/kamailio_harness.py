@@ -241,7 +241,9 @@ class Sipp:
     target: str
     runs: int = 0
 
-    def _argv(self, scenario: str, port: int, keys: Mapping[str, str], extra: list[str]) -> list:
+    def _argv(
+        self, scenario: str, port: int, keys: Mapping[str, str], extra: list[str]
+    ) -> list[str]:
         self.runs += 1
         argv = ["sipp", self.target, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1"]
         argv += ["-p", str(port), "-nostdin", "-timeout", f"{int(STEP_TIMEOUT)}s"]
