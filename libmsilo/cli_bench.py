@@ -152,7 +152,7 @@ def bench(
     single_rounds: Annotated[
         int,
         typer.Option(
-            "--single-rounds", min=1, help="--concurrency: one caller's rounds per side (median)."
+            "--single-rounds", min=1, help="--concurrency: one caller's rounds (median ratio)."
         ),
     ] = 9,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart PNG.")] = None,

@@ -11,8 +11,8 @@ Per backend, in one run, each path stores the same requests with N producers and
   in worker threads too, so one run compares both;
 - ``raw``: the hand-written baseline (:mod:`.raw`), one bare connection per producer thread;
 - ``single``: one caller through ``Silo`` (``single``) and through the raw baseline
-  (``raw-single``), in alternating rounds; the ratio is the median of the rounds' ratios, as in
-  the storage benchmark.
+  (``raw-single``), taking turns every few stores within each round; the ratio is the median of
+  the rounds' ratios, as in the storage benchmark.
 
 Then the store latency at a fixed offered load: stores are scheduled at ``rate`` per second over
 ``duration`` seconds across the producers (open loop) and each latency runs from its scheduled
@@ -23,6 +23,7 @@ met. Every loop is bounded in count and time.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import statistics
 import threading
@@ -44,7 +45,7 @@ from ..silo import Silo
 from . import workload as wl
 from .raw import RawStore, open_raw
 from .report import machine_info
-from .runner import GOALS, Measurement, _timed, backend_kind
+from .runner import GOALS, Measurement, backend_kind
 
 __all__ = [
     "PATHS",
@@ -68,6 +69,7 @@ PATHS = ("group", "unbatched", "asyncio", "asyncio-threads", "raw", "single")
 RATE_GOALS = {"sqlite": 15_000, "postgresql": 12_000, "mysql": 8_000, "redis": 20_000}
 C_MODULE = {"sqlite": 3_000, "postgresql": 5_000}
 SINGLE_OWNERS = 10  # the single caller's stores go to at most this many owners (fewer dumps)
+SINGLE_CHUNK = 10  # the single caller's sides alternate every this many stores (or acks)
 GOAL_PRODUCERS = 64  # the rate goals hold with this many producers
 P99_GOAL = ("postgresql", 2_000.0, 10.0)  # backend, stores/s offered, p99 ms at most
 # Paths the rate goal applies to (the others are references: the unbatched path, the baseline).
@@ -477,10 +479,27 @@ def _raw_path(config: ConcurrencyConfig, producers: int) -> PathResult:
         last.close()
 
 
+def _interleaved(
+    chunks: int, first: int, lib: Callable[[int], None], raw: Callable[[int], None]
+) -> tuple[float, float]:
+    """Run ``lib(k)`` and ``raw(k)`` back to back for each chunk ``k``, alternating which side
+    goes first (``first``: parity of the chunks where ``lib`` does), so both sides meet the
+    same disturbances of the machine; each side's total seconds."""
+    gc.collect()
+    spent = [0.0, 0.0]
+    sides = (lib, raw)
+    for k in range(chunks):
+        for side in (0, 1) if k % 2 == first else (1, 0):
+            start = time.perf_counter()
+            sides[side](k)
+            spent[side] += time.perf_counter() - start
+    return spent[0], spent[1]
+
+
 def _single(config: ConcurrencyConfig) -> list[PathResult]:
     """One caller: ``Silo`` (group commit on, as a lone caller meets it) against the raw
-    baseline, ``single_rounds`` rounds of ``single_stores`` stores and acks each, alternating
-    which side goes first, after one shorter unmeasured round per side."""
+    baseline, ``single_rounds`` rounds of ``single_stores`` stores and then their acks, the two
+    sides interleaved in chunks of ``SINGLE_CHUNK``, after one shorter unmeasured round."""
     count, spread = config.single_stores, min(config.owners, SINGLE_OWNERS)
     requests = wl.store_requests(count, spread)
     rows = wl.store_rows(count, spread)
@@ -490,32 +509,44 @@ def _single(config: ConcurrencyConfig) -> list[PathResult]:
     raw = open_raw(config.url, wl.unique_name(), ZoneInfo("UTC"))
     raw.create()
 
-    def lib_round(n: int, store_s: list[float], ack_s: list[float]) -> None:
-        with _timed(store_s):
-            mids = [silo.store(r, notify=False).mid for r in requests[:n]]
-        if None in mids:
+    def one_round(n: int, first: int) -> tuple[float, float, float, float]:
+        """Store and ack ``n`` messages on each side: (lib store, raw store, lib ack, raw
+        ack) seconds."""
+        lib_mids: list[int | None] = []
+        raw_mids: list[int] = []
+        now = int(time.time())
+        cut = [slice(k, min(k + SINGLE_CHUNK, n)) for k in range(0, n, SINGLE_CHUNK)]
+
+        def lib_store(k: int) -> None:
+            lib_mids.extend(silo.store(r, notify=False).mid for r in requests[cut[k]])
+
+        def raw_store(k: int) -> None:
+            raw_mids.extend(raw.store(row, now) for row in rows[cut[k]])
+
+        stores = _interleaved(len(cut), first, lib_store, raw_store)
+        if None in lib_mids:
             raise RuntimeError("single: a store did not store")
-        dumped = _dump_all(silo, owners, n, "single")
-        with _timed(ack_s):
-            for mid, token in dumped:
+        leases = _dump_all(silo, owners, n, "single")
+
+        def lib_ack(k: int) -> None:
+            for mid, token in leases[cut[k]]:
                 silo.on_reply(mid, 200, token=token)
 
-    def raw_round(n: int, store_s: list[float], ack_s: list[float]) -> None:
-        now = int(time.time())
-        with _timed(store_s):
-            mids = [raw.store(row, now) for row in rows[:n]]
-        with _timed(ack_s):
-            for mid in mids:
+        def raw_ack(k: int) -> None:
+            for mid in raw_mids[cut[k]]:
                 raw.reply_ok(mid)
+
+        return (*stores, *_interleaved(len(cut), first, lib_ack, raw_ack))
 
     warm = min(count, 50)
     try:
-        lib_round(warm, [], [])  # warm-up, not reported
-        raw_round(warm, [], [])
+        one_round(warm, 0)  # warm-up, not reported
         for round_ in range(config.single_rounds):
-            sides = [(lib_round, store.lib_s, ack.lib_s), (raw_round, store.raw_s, ack.raw_s)]
-            for run, store_s, ack_s in sides if round_ % 2 == 0 else sides[::-1]:
-                run(count, store_s, ack_s)
+            lib_s, raw_s, lib_ack_s, raw_ack_s = one_round(count, round_ % 2)
+            store.lib_s.append(lib_s)
+            store.raw_s.append(raw_s)
+            ack.lib_s.append(lib_ack_s)
+            ack.raw_s.append(raw_ack_s)
         deleted = silo.stats.dumped_messages
         if deleted != count * config.single_rounds + warm:
             raise RuntimeError(f"single: {deleted} acks deleted")

@@ -8,7 +8,14 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .concurrency import SINGLE_OWNERS, ConcurrencyReport, ConcurrencyResult, PathResult, goals_for
+from .concurrency import (
+    SINGLE_CHUNK,
+    SINGLE_OWNERS,
+    ConcurrencyReport,
+    ConcurrencyResult,
+    PathResult,
+    goals_for,
+)
 from .report import require_matplotlib
 
 if TYPE_CHECKING:
@@ -224,10 +231,12 @@ rates are messages per second of wall time:
 - `raw`: the hand-written baseline of `msilo bench` (bare client, no SIP parsing, no quota, no
   lease columns to fill) in {producers} threads, one connection each;
 - `single` / `raw-single`: one caller through `Silo` and through the baseline: {rounds} rounds
-  of {single:,} stores (to {single_owners} owners) and their acks each, alternating which side
-  goes first, after a short unmeasured round; rates from each side's median round.
-  **Silo / raw** (store / ack) = the median over rounds of the round's Silo time / raw time,
-  as in the ratio tables above. The ack here is the 200 OK's delete alone (the dump's claim is
+  of {single:,} stores (to {single_owners} owners) and then their acks, the two sides taking
+  turns every {chunk} stores (acks) with alternating first turns, so both meet the same
+  disturbances of the shared machine (this narrowed the spread of the rounds' ratios severalfold
+  against whole-round turns), after a short unmeasured round; rates from each side's median
+  round. **Silo / raw** (store / ack) = the median over rounds of the round's Silo time / raw
+  time, as in the ratio tables above. The ack here is the 200 OK's delete alone (the dump's claim is
   not timed; the ratio tables above time the whole dump).
 
 Goals (issue 16, this 2-core machine, 64 producers): the stores/s below on `group` and the
@@ -316,6 +325,7 @@ def render_section(
             rounds=report.single_rounds,
             single=report.single_stores,
             single_owners=min(report.owners, SINGLE_OWNERS),
+            chunk=SINGLE_CHUNK,
             rate=report.rate,
             duration=report.duration,
         ),
