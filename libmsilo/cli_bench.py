@@ -232,7 +232,7 @@ def bench(
 
 
 def _verdict(goal: str, met: bool | None) -> str:
-    return "" if met is None else f"{goal}: " + ("met" if met else "MISSED")
+    return goal if met is None else f"{goal}: " + ("met" if met else "MISSED")
 
 
 def concurrency_table(report: ConcurrencyReport) -> Table:

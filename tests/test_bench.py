@@ -210,6 +210,7 @@ def test_bench_concurrency_measures_every_path(kind: str, tmp_path: Path) -> Non
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     assert "stores/s" in result.stdout and "p99" in result.stdout and "Silo/raw" in result.stdout
+    assert "≥" in result.stdout and "at 64 producers" in result.stdout  # stated, not judged
     data = json.loads(out_json.read_text())
     assert data["producers"] == 4 and data["single_rounds"] == 3 and data["elapsed_s"] > 0
     assert len(data["load"]) == 2 and data["machine"]["nproc"] >= 1
