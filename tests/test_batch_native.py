@@ -1,5 +1,6 @@
-"""The native batch steps really run as one batch: a driver's insert_many / delete_many never
-falls back to its single steps when nothing is wrong (the looping default hides failures)."""
+"""The native batch steps really run as one batch: a driver's insert_many / delete_many /
+release_many never falls back to its single steps when nothing is wrong (the looping default
+hides failures)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from libmsilo.drivers import Driver, DriverOptions, StoreLayout, open_driver
+from libmsilo.drivers import Driver, DriverOptions, ReleaseResult, StoreLayout, open_driver
 from libmsilo.drivers.mongo import open_mongomock
 from libmsilo.drivers.plumbing import DriverBase
 from libmsilo.testing import make_message, unique_table
@@ -34,7 +35,7 @@ def _no_single_steps(driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a single step ran inside a batch")
 
-    for name in ("insert", "delete"):
+    for name in ("insert", "delete", "release"):
         if getattr(type(driver), f"{name}_many") is not getattr(DriverBase, f"{name}_many"):
             monkeypatch.setattr(driver, name, refuse)  # only where the batch step is native
 
@@ -51,6 +52,19 @@ def test_insert_many_and_delete_many_are_native(
     assert got.count(None) == len(msgs) - len(stored)
     assert driver.delete_many([*stored, 10**12]) == [True] * len(stored) + [False]  # type: ignore[attr-defined]
     assert driver.count("n0", "example.com", 0) == 0
+
+
+@pytest.mark.parametrize("max_attempts", [0, 2])
+def test_release_many_is_native(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch, max_attempts: int
+) -> None:
+    mids = [driver.insert(make_message(body=b"%d" % i)) for i in range(6)]
+    tok = "tok"
+    driver.claim("alice", "example.com", 0, 10**6, tok)
+    _no_single_steps(driver, monkeypatch)
+    items = [(m, tok, i % 2 == 0) for i, m in enumerate(mids)] + [(10**12, None, False)]
+    got = driver.release_many(items, max_attempts)  # type: ignore[attr-defined]
+    assert got == [ReleaseResult.RELEASED] * len(mids) + [ReleaseResult.NOT_FOUND]
 
 
 def test_batches_keep_bodies_and_ids_when_split(

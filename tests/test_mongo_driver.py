@@ -16,7 +16,7 @@ from bson.int64 import Int64
 from pymongo import MongoClient
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure
 
-from libmsilo.drivers import DriverOptions, StoreLayout, open_driver
+from libmsilo.drivers import DriverOptions, ReleaseResult, StoreLayout, open_driver
 from libmsilo.drivers.mongo import DEFAULT_TTL_DELAY, MongoDriver, open_mongo, open_mongomock
 from libmsilo.errors import InvalidRequest, SettingsError, StorageError, StorageUnavailable
 from libmsilo.testing import make_message, unique_table
@@ -375,6 +375,87 @@ def test_delete_counted_by_a_resync_is_not_given_back_twice(make: Factory) -> No
     driver._give_back(owner, stale_epoch, 1)  # the late give-back of the earlier delete
     assert _counter(driver) == 2  # not 1: the recount had already left that row out
     assert driver.count("alice", "example.com", NOW) == 2
+
+
+# ---- batch steps: another writer between a batch's read and its bulk write -------------------
+
+
+class _Interleaved:
+    """The driver's database, running ``before`` once just ahead of the first bulk write on
+    the message rows: another writer acting between a batch's read and its write."""
+
+    def __init__(self, driver: MongoDriver, before: Callable[[], object]) -> None:
+        self._database, self._table, self._before = driver._db, _table(driver), before
+        driver._db = self  # type: ignore[assignment]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._database, name)
+
+    def __getitem__(self, name: str) -> Any:
+        collection = self._database[name]
+        return _BeforeBulk(collection, self) if name == self._table else collection
+
+
+class _BeforeBulk:
+    def __init__(self, collection: Any, owner: _Interleaved) -> None:
+        self._collection, self._owner = collection, owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    def bulk_write(self, requests: Any, ordered: bool = True) -> Any:
+        before, self._owner._before = self._owner._before, lambda: None
+        before()
+        return self._collection.bulk_write(requests, ordered=ordered)
+
+
+def test_batch_delete_of_a_row_taken_out_of_the_count_meanwhile(make: Factory) -> None:
+    driver = make()
+    mids = [driver.insert(make_message(body=b"%d" % i), 3) for i in range(3)]
+    owner = {"username": "alice", "domain": "example.com"}
+
+    def uncount() -> None:  # what an insert does with a row it finds expired
+        _raw(driver).update_one({"_id": mids[1]}, {"$set": {"uncounted": True}})
+        _raw(driver, "_owners").update_one({"_id": owner}, {"$inc": {"count": -1}})
+
+    _Interleaved(driver, uncount)
+    assert driver.delete_many(mids) == [True, True, True]
+    assert _counter(driver) == 0 and driver.count("alice", "example.com", NOW) == 0
+
+
+def test_batch_release_of_a_lease_taken_over_meanwhile(make: Factory) -> None:
+    driver = make()
+    mids = [driver.insert(make_message(user=f"u{i}")) for i in range(3)]
+    for i in range(3):
+        driver.claim(f"u{i}", "example.com", NOW, NOW + 60, "old")
+    _Interleaved(driver, lambda: driver.claim("u1", "example.com", NOW + 61, NOW + 120, "new"))
+    got = driver.release_many([(m, "old", False) for m in mids])
+    assert got == [ReleaseResult.RELEASED, ReleaseResult.NOT_FOUND, ReleaseResult.RELEASED]
+    taken = driver.get(mids[1] or 0)
+    assert taken is not None and taken.lease_token == "new" and taken.attempts == 0
+
+
+def test_batch_delete_racing_another_delete_never_lowers_the_counter(make: Factory) -> None:
+    """Another writer deletes a row of the batch between its read and its write: the batch
+    cannot tell which rows it deleted itself. The answers still count each row once, and the
+    counters never drop below the rows they cover; a slot kept too many heals with the re-sync
+    after the grace period."""
+    clock = Clock(1_000_000.0)
+    driver = make(quota_grace=60.0, wall_clock=clock)
+    mids = [driver.insert(make_message(user=u, body=b"%d" % i), 2) for u in "ab" for i in range(2)]
+    others: list[bool] = []
+    _Interleaved(driver, lambda: others.append(driver.delete(mids[0] or 0)))
+    got = driver.delete_many(mids)
+    assert others == [True] and got.count(True) == 3 and got.count(False) == 1
+    for user in "ab":
+        assert driver.count(user, "example.com", NOW) == 0 <= _counter(driver, user)
+    for user in "ab":
+        assert driver.insert(make_message(user=user), 2) is not None
+    clock.advance(61)  # no reservation for the grace period: a leaked slot is told apart
+    for user in "ab":
+        assert driver.insert(make_message(user=user), 2) is not None
+        assert driver.insert(make_message(user=user), 2) is None
+        assert _counter(driver, user) == 2 == driver.count(user, "example.com", NOW)
 
 
 def test_invalid_values_are_refused_before_a_slot_is_taken(make: Factory) -> None:

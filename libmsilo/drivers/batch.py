@@ -15,15 +15,17 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ..errors import MsiloError
-from ..records import NewMessage, ReleaseResult, check_ints
+from ..records import NewMessage, ReleaseResult, check_ints, check_mid
 
 __all__ = [
     "Release",
+    "delete_checked",
     "delete_each",
     "delete_many",
     "insert_checked",
     "insert_each",
     "insert_many",
+    "release_checked",
     "release_each",
     "release_many",
 ]
@@ -87,6 +89,71 @@ def insert_checked(
 def delete_each(driver: object, mids: Sequence[int]) -> list[bool | MsiloError]:
     """``driver.delete`` for each id (the default ``delete_many``)."""
     return _each(driver.delete, mids)  # type: ignore[attr-defined,return-value]
+
+
+def delete_checked(
+    driver: object, mids: Sequence[int], store: Callable[[list[int]], set[int]]
+) -> list[bool | MsiloError]:
+    """The frame of a native ``delete_many``: each id is checked alone (one that is not an int
+    gets its own error; one no row can have is False), the distinct ids go to ``store`` in
+    ascending order (one lock order for every batch), which deletes them in one backend step
+    and returns those it deleted; the first item of a deleted id is True."""
+    results: list[bool | MsiloError] = [False] * len(mids)
+    wanted: set[int] = set()
+    for i, mid in enumerate(mids):
+        try:
+            if check_mid(mid):
+                wanted.add(mid)
+        except MsiloError as exc:
+            results[i] = exc
+    if wanted:
+        found = store(sorted(wanted))
+        for i, mid in enumerate(mids):
+            if results[i] is False and mid in found:
+                results[i] = True
+                found.discard(mid)  # a repeated id found it deleted already
+    return results
+
+
+def release_checked(
+    driver: object,
+    releases: Sequence[Release],
+    max_attempts: int,
+    store: Callable[[list[Release]], Sequence[ReleaseResult | MsiloError]],
+) -> list[ReleaseResult | MsiloError]:
+    """The frame of a native ``release_many``: each item is checked alone (a bad id or token
+    gets its own error, an id no row can have NOT_FOUND), the first item of each id goes to
+    ``store`` in one backend step, and the answers land in their items' places; an id repeated
+    in the batch then runs alone, in order, so every item is answered as if the items had run
+    one by one. A batch of one takes the single step."""
+    from .plumbing import check_release  # plumbing imports this module for its defaults
+
+    if len(releases) <= 1:
+        return release_each(driver, releases, max_attempts)
+    results: list[ReleaseResult | MsiloError] = [ReleaseResult.NOT_FOUND] * len(releases)
+    todo: list[int] = []
+    again: list[int] = []
+    items: list[Release] = []
+    seen: set[int] = set()
+    for i, (mid, token, offline) in enumerate(releases):
+        try:
+            if not check_release(mid, token, to_offline=offline, max_attempts=max_attempts):
+                continue
+        except MsiloError as exc:
+            results[i] = exc
+            continue
+        if mid in seen:
+            again.append(i)
+            continue
+        seen.add(mid)
+        todo.append(i)
+        items.append((mid, token, bool(offline)))
+    if items:
+        for i, result in zip(todo, store(items), strict=True):
+            results[i] = result
+    for i in again:
+        results[i] = release_each(driver, [releases[i]], max_attempts)[0]
+    return results
 
 
 def release_each(

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 from bson.binary import Binary
 from bson.errors import BSONError, InvalidDocument
 from bson.int64 import Int64
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, DeleteOne, MongoClient, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
@@ -620,35 +620,180 @@ class MongoDriver(RecordedVersion):
             return False
         return self._remove(self._owner_of(row), {"_id": mid}, single=True) > 0
 
+    def delete_many(self, mids: Sequence[int]) -> list[bool | MsiloError]:
+        """Delete the rows of ``mids``: one read of their owners and quota state, one unordered
+        ``bulk_write`` of deletes that each re-check them, one more giving the slots back
+        (see :meth:`_bulk_outcome` for rows another writer changed meanwhile)."""
+        return batch.delete_checked(self, mids, lambda ids: self._step(lambda: self._deleted(ids)))
+
+    def _deleted(self, ids: list[int]) -> set[int]:
+        lay = self._layout
+        known = {mid: self._forget(mid) for mid in ids}
+        projection = {lay.username: True, lay.domain: True, _UNCOUNTED: True}
+        rows = {doc["_id"]: doc for doc in self._rows.find({"_id": {"$in": ids}}, projection)}
+        if not rows:
+            return set()
+        # The counters' epochs, read before deleting: remembered by the claim, else read now.
+        epochs: dict[int, object] = {}
+        unknown: dict[tuple[Any, Any], Doc] = {}
+        for mid, row in rows.items():
+            owner = self._owner_of(row)
+            remembered = known.get(mid)
+            if remembered is not None and remembered[0] == owner:
+                epochs[mid] = remembered[1]
+            else:
+                unknown[self._owner_key(owner)] = owner
+        read = self._epochs(list(unknown.values())) if unknown else {}
+        ops = []
+        for mid, row in rows.items():
+            if mid not in epochs:
+                epochs[mid] = read.get(self._owner_key(row))
+            counted = {"$ne": True} if row.get(_UNCOUNTED) is not True else True
+            ops.append(DeleteOne({"_id": mid, **self._owner_of(row), _UNCOUNTED: counted}))
+        done = self._rows.bulk_write(ops, ordered=False).deleted_count
+        gone, again, exact = self._bulk_outcome(done, list(rows), lambda mid, now: True)
+        slots: dict[tuple[Any, Any, object], list[Any]] = {}  # (owner, epoch) -> [owner, n]
+        for mid in gone:
+            row = rows[mid]
+            if row.get(_UNCOUNTED) is not True:
+                owner = self._owner_of(row)
+                slot = slots.setdefault((*self._owner_key(owner), epochs[mid]), [owner, 0])
+                slot[1] += 1
+        if not exact:
+            # Other writers deleted some of these rows too; which ones is unknown, so each
+            # owner gets back only the slots this batch surely freed (never too many: a slot
+            # kept heals with the counter's re-sync, see docs/mongo-driver.md).
+            lost = len(gone) - done
+            gone = gone[:done]
+            for slot in slots.values():
+                slot[1] = max(0, slot[1] - lost)
+        self._give_back_many([(o, e, n) for (*_, e), (o, n) in slots.items()])
+        deleted = set(gone)
+        deleted.update(mid for mid in again if self.delete(mid))
+        return deleted
+
+    def _give_back_many(self, slots: list[tuple[Doc, object, int]]) -> None:
+        """:meth:`_give_back` for each (owner, epoch, slots), in one bulk write."""
+        ops = [
+            UpdateOne({"_id": owner, _EPOCH: epoch}, {"$inc": {_COUNT: -n}})
+            for owner, epoch, n in slots
+            if epoch is not None and n
+        ]
+        if ops:
+            self._owners.bulk_write(ops, ordered=False)
+
+    def _bulk_outcome(
+        self, done: int, ids: list[int], missed: Callable[[int, Doc], bool]
+    ) -> tuple[list[int], list[int], bool]:
+        """Which writes of an unordered bulk (one per row of ``ids``, each re-checking the row
+        as read before) took effect, given that ``done`` did (pymongo counts them, no more).
+
+        All, when all did. Else the rows are read again: a row still there that ``missed``
+        says this bulk did not write was changed before its write came (which then matched
+        nothing): it is to be tried alone. The other rows (changed or gone) were written by
+        this bulk or by another writer meanwhile: when there are exactly ``done`` of them they
+        are this bulk's (``exact``), else which ``done`` of them cannot be told. Returns (the
+        other rows, the rows to try alone, exact)."""
+        if done == len(ids):
+            return ids, [], True
+        now = {doc["_id"]: doc for doc in self._rows.find({"_id": {"$in": ids}}, self._state)}
+        again = [mid for mid in ids if mid in now and missed(mid, now[mid])]
+        changed = [mid for mid in ids if mid not in again]
+        return changed, again, len(changed) == done
+
+    @property
+    def _state(self) -> Doc:
+        """The fields a release reads of a row: owner, lease token and attempts."""
+        lay = self._layout
+        return {lay.username: True, lay.domain: True, lay.lease_token: True, lay.attempts: True}
+
+    def _release_plan(
+        self, row: Doc | None, token: str | None, to_offline: bool, max_attempts: int
+    ) -> tuple[Doc, Doc | None] | None:
+        """What the release of ``row`` (its :attr:`_state`) by ``token`` does: None when that
+        is not the caller's lease (NOT_FOUND); else the compare-and-set filter on the state
+        read, and the update (None: drop the row at ``max_attempts``)."""
+        lay = self._layout
+        held = row.get(lay.lease_token) if row is not None else None
+        if row is None or held is None or (token is not None and held != token):
+            return None
+        seen = row.get(lay.attempts)
+        same: Doc = {"_id": row["_id"], **self._owner_of(row), lay.lease_token: held}
+        same[lay.attempts] = seen
+        if 0 < max_attempts <= int(seen or 0) + 1:
+            return same, None
+        changes: Doc = {lay.lease_token: None, lay.lease_until: None}
+        if to_offline:
+            changes[lay.snd_time] = Int64(0)
+        return same, {"$set": changes, "$inc": {lay.attempts: 1}}
+
     @storage_step
     def release(
         self, mid: int, token: str | None, *, to_offline: bool = False, max_attempts: int = 0
     ) -> ReleaseResult:
         """Clear a failed delivery's lease (compare-and-set), or drop the row at max_attempts."""
-        lay = self._layout
         self._forget(mid)
         for _ in range(_RELEASE_TRIES):
-            row = self._rows.find_one(
-                {"_id": mid},
-                {lay.username: True, lay.domain: True, lay.lease_token: True, lay.attempts: True},
-            )
-            held = row.get(lay.lease_token) if row is not None else None
-            if row is None or held is None or (token is not None and held != token):
+            row = self._rows.find_one({"_id": mid}, self._state)
+            plan = self._release_plan(row, token, to_offline, max_attempts)
+            if plan is None:
                 return ReleaseResult.NOT_FOUND
-            owner = self._owner_of(row)
-            seen = row.get(lay.attempts)
-            same: Doc = {"_id": mid, **owner, lay.lease_token: held, lay.attempts: seen}
-            if 0 < max_attempts <= int(seen or 0) + 1:
-                if self._remove(owner, same, single=True):
+            same, update = plan
+            if update is None:
+                if self._remove(self._owner_of(same), same, single=True):
                     return ReleaseResult.DROPPED
-                continue
-            changes: Doc = {lay.lease_token: None, lay.lease_until: None}
-            if to_offline:
-                changes[lay.snd_time] = Int64(0)
-            update = {"$set": changes, "$inc": {lay.attempts: 1}}
-            if self._rows.update_one(same, update).matched_count:
+            elif self._rows.update_one(same, update).matched_count:
                 return ReleaseResult.RELEASED
         return ReleaseResult.NOT_FOUND  # the row kept changing: another delivery owns it
+
+    def release_many(
+        self, releases: Sequence[batch.Release], max_attempts: int = 0
+    ) -> list[ReleaseResult | MsiloError]:
+        """End failed deliveries: one read of the rows, one unordered ``bulk_write`` of
+        compare-and-set updates (see :meth:`_bulk_outcome` for rows another writer changed
+        meanwhile); a row to drop at ``max_attempts`` is released alone."""
+        return batch.release_checked(
+            self,
+            releases,
+            max_attempts,
+            lambda items: self._step(lambda: self._released(items, max_attempts)),
+        )
+
+    def _released(
+        self, items: list[batch.Release], max_attempts: int
+    ) -> list[ReleaseResult | MsiloError]:
+        lay = self._layout
+        ids = [mid for mid, _, _ in items]
+        for mid in ids:
+            self._forget(mid)
+        rows = {doc["_id"]: doc for doc in self._rows.find({"_id": {"$in": ids}}, self._state)}
+        results: list[ReleaseResult | MsiloError] = [ReleaseResult.NOT_FOUND] * len(items)
+        alone: list[int] = []
+        ops = []
+        place: dict[int, int] = {}  # mid -> its item
+        seen: dict[int, object] = {}  # mid -> attempts read
+        for i, (mid, token, offline) in enumerate(items):
+            plan = self._release_plan(rows.get(mid), token, offline, max_attempts)
+            if plan is None:
+                continue
+            same, update = plan
+            if update is None:
+                alone.append(i)
+                continue
+            ops.append(UpdateOne(same, update))
+            place[mid], seen[mid] = i, same[lay.attempts]
+        if ops:
+            done = self._rows.bulk_write(ops, ordered=False).matched_count
+            # A row whose attempts are those read was not released by this bulk's write.
+            written, again, _ = self._bulk_outcome(
+                done, list(place), lambda mid, now: now.get(lay.attempts) == seen[mid]
+            )
+            for mid in written[:done]:  # inexact: this many were released, which is unknown
+                results[place[mid]] = ReleaseResult.RELEASED
+            alone += [place[mid] for mid in again]
+        for i in alone:
+            results[i] = batch.release_each(self, [items[i]], max_attempts)[0]
+        return results
 
     # ---- inbox and housekeeping -----------------------------------------------------------------
 
@@ -823,4 +968,38 @@ class _SerializedDatabase(_Serialized):
     """A mongomock database handing out serialized collections."""
 
     def __getitem__(self, name: str) -> _Serialized:
-        return _Serialized(self._target[name], self._lock)
+        return _SerializedCollection(self._target[name], self._lock)
+
+
+class _SerializedCollection(_Serialized):
+    """A serialized mongomock collection whose ``bulk_write`` takes the operations of this
+    pymongo (mongomock's bulk builder predates their ``sort`` argument)."""
+
+    def bulk_write(self, requests: Sequence[Any], ordered: bool = True) -> Any:
+        with self._lock:
+            return self._target.bulk_write([_Sortless(op) for op in requests], ordered=ordered)
+
+
+class _Sortless:
+    """A pymongo bulk operation that adds itself to a builder without ``sort=None``."""
+
+    def __init__(self, operation: Any) -> None:
+        self._operation = operation
+
+    def _add_to_bulk(self, bulk: Any) -> None:
+        self._operation._add_to_bulk(_SortlessBuilder(bulk))
+
+
+class _SortlessBuilder:
+    def __init__(self, bulk: Any) -> None:
+        self._bulk = bulk
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._bulk, name)
+
+        def call(*args: Any, sort: object = None, **kwargs: Any) -> Any:
+            if sort is not None:
+                raise NotImplementedError("mongomock: bulk operations with a sort")
+            return method(*args, **kwargs)
+
+        return call

@@ -35,7 +35,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 from ..errors import InvalidRequest, MsiloError, SettingsError, StorageError, StorageUnavailable
 from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
-from .plumbing import DriverBase, ErrorTable, check_mid, storage_step
+from .plumbing import DriverBase, ErrorTable, storage_step
 from .schemes import SCHEMES, scheme_of
 from .sql_migrate import check_schema, create_schema, drop_schema, migrate_schema, read_version
 from .sql_ops import NO_LIMIT, SqlOps
@@ -55,7 +55,7 @@ log = logging.getLogger("libmsilo")
 T = TypeVar("T")
 
 _TRIES = 5  # attempts of a step that hit a deadlock or serialization failure
-_DELETE_CHUNK = 500  # most ids in one DELETE … WHERE id IN (…)
+_CHUNK = 500  # most ids in one batch statement (DELETE … WHERE id IN (…))
 
 
 def sql_url(url: str) -> sa.URL:
@@ -378,16 +378,10 @@ class SqlDriver(DriverBase):
             rows: list[tuple[NewMessage, dict[str, Any]]],
         ) -> Sequence[int | MsiloError | None]:
             params = [p for _, p in rows]
-            try:
-                return self._step(
-                    lambda: self._run(
-                        lambda c: ops.insert_batch(c.cursor, c.dbapi, params, max_messages)
-                    )
-                )
-            except StorageUnavailable:
-                raise
-            except MsiloError:
-                return batch.insert_each(self, [m for m, _ in rows], max_messages)
+            return self._batch_step(
+                lambda c: ops.insert_batch(c.cursor, c.dbapi, params, max_messages),
+                lambda: batch.insert_each(self, [m for m, _ in rows], max_messages),
+            )
 
         return batch.insert_checked(
             self, msgs, max_messages, lambda msg: (msg, self._row_params(ops, msg)), store
@@ -395,31 +389,51 @@ class SqlDriver(DriverBase):
 
     def delete_many(self, mids: Sequence[int]) -> list[bool | MsiloError]:
         """Delete the rows of ``mids`` with one ``DELETE … WHERE id IN (…)`` per chunk."""
-        results: list[bool | MsiloError] = [False] * len(mids)
-        wanted: list[int] = []
-        for i, mid in enumerate(mids):
-            try:
-                if check_mid(mid):
-                    wanted.append(mid)
-            except MsiloError as exc:
-                results[i] = exc
-        if wanted:
+
+        def store(ids: list[int]) -> set[int]:
             ops = self._step(self._ready)
-            unique = sorted(set(wanted))  # one lock order for every batch
-            found: set[int] = set()
-            for start in range(0, len(unique), _DELETE_CHUNK):
-                chunk = unique[start : start + _DELETE_CHUNK]
 
-                def step(conn: PooledConnection, chunk: list[int] = chunk) -> set[int]:
-                    return ops.delete_batch(conn.cursor, conn.dbapi, chunk)
+            def one(chunk: list[int]) -> set[int]:
+                return self._batch_step(lambda c: ops.delete_batch(c.cursor, c.dbapi, chunk))
 
-                found |= self._step(lambda step=step: self._run(step))  # type: ignore[misc]
-            seen: set[int] = set()
-            for i, mid in enumerate(mids):
-                if isinstance(mid, int) and mid in found and mid not in seen:
-                    results[i] = True  # the first of repeated ids deleted it
-                    seen.add(mid)
-        return results
+            return {mid for chunk in _chunks(ids) for mid in one(chunk)}
+
+        return batch.delete_checked(self, mids, store)
+
+    def release_many(
+        self, releases: Sequence[batch.Release], max_attempts: int = 0
+    ) -> list[ReleaseResult | MsiloError]:
+        """End failed deliveries with one statement (or one transaction) per chunk (see
+        :meth:`.SqlOps.release_batch`); should the database refuse a chunk, its releases run
+        one by one so that only the bad one fails."""
+
+        def store(items: list[batch.Release]) -> list[ReleaseResult | MsiloError]:
+            ops = self._step(self._ready)
+
+            def one(chunk: list[batch.Release]) -> list[ReleaseResult | MsiloError]:
+                return self._batch_step(
+                    lambda c: list(ops.release_batch(c.cursor, c.dbapi, chunk, max_attempts)),
+                    lambda: batch.release_each(self, chunk, max_attempts),
+                )
+
+            return [result for chunk in _chunks(items) for result in one(chunk)]
+
+        return batch.release_checked(self, releases, max_attempts, store)
+
+    def _batch_step(
+        self, step: Callable[[PooledConnection], T], each: Callable[[], T] | None = None
+    ) -> T:
+        """Run a batch statement (or transaction) as one storage step: on a pooled connection,
+        failures translated, deadlocks retried. With ``each``, a failure other than a lost
+        database runs ``each`` instead: the items one by one, so that only a bad one fails."""
+        try:
+            return self._step(lambda: self._run(step))
+        except StorageUnavailable:
+            raise
+        except MsiloError:
+            if each is None:
+                raise
+            return each()
 
     def _row_params(self, ops: SqlOps, msg: NewMessage) -> dict[str, Any]:
         """The insert parameters of ``msg``; InvalidRequest when the table cannot hold it."""
@@ -535,6 +549,12 @@ class SqlDriver(DriverBase):
         self._engine.dispose()
         if self._ddl_engine is not None:
             self._ddl_engine.dispose()
+
+
+def _chunks(items: list[T]) -> Iterator[list[T]]:
+    """``items`` in slices of at most :data:`_CHUNK` (the ids of one statement)."""
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
 
 
 def _lease_params(now: int, lease_until: int, token: str, limit: int) -> dict[str, object]:

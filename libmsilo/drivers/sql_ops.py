@@ -112,6 +112,19 @@ def _leased(r: Any, token: str, lease_until: int) -> StoredMessage:
     return _row((*r[:_TOKEN], token, lease_until, r[_ATTEMPTS]))
 
 
+def _ids(mids: list[int]) -> dict[str, Any]:
+    """The binds m0, m1, … of an id list."""
+    return {f"m{i}": mid for i, mid in enumerate(mids)}
+
+
+def _release_binds(items: list[tuple[int, str | None, bool]]) -> dict[str, Any]:
+    """The binds of :meth:`SqlOps._release_update` for ``items`` (mid, token, to_offline)."""
+    binds: dict[str, Any] = {}
+    for i, (mid, token, offline) in enumerate(items):
+        binds.update({f"m{i}": mid, f"t{i}": token, f"s{i}": 0 if offline else None})
+    return binds
+
+
 class SqlOps:
     """Every driver step for one table on one (initialized) dialect.
 
@@ -208,6 +221,19 @@ class SqlOps:
         pick_ids = sa.select(c.mid).where(c.mid.in_(bp("ids", expanding=True))).with_for_update()
         self._pick_template = pick_ids.compile(dialect=dialect).string
         self._pick_sql: dict[int, str] = {}
+        # Batch releases: the rows' lease state, locked in id order; the dropped rows' DELETE;
+        # one UPDATE of the released rows, compiled per row count (_release_update).
+        state_ids = (
+            sa.select(c.mid, c.lease_token, c.attempts)
+            .where(c.mid.in_(bp("ids", expanding=True)))
+            .order_by(c.mid)
+            .with_for_update()
+        )
+        self._state_template = state_ids.compile(dialect=dialect).string
+        self._state_sql: dict[int, str] = {}
+        self._drop_template = by_ids.compile(dialect=dialect).string
+        self._drop_sql: dict[int, str] = {}
+        self._release_sql: dict[int, str] = {}
 
         values = {f: bp(f, type_=c[f].type) for f in MESSAGE_FIELDS}
         insert = sa.insert(table).values(**values)
@@ -463,7 +489,7 @@ class SqlOps:
 
     def delete_batch(self, cur: Any, conn: Any, mids: list[int]) -> set[int]:
         """Delete the rows of ``mids`` in one statement; the ids that existed."""
-        binds: dict[str, Any] = {f"m{i}": mid for i, mid in enumerate(mids)}
+        binds = _ids(mids)
         delete = self._in_list(self._delete_template, self._delete_sql, len(mids))
         if self.delete_returning:
             cur.execute(delete, binds)
@@ -475,6 +501,83 @@ class SqlOps:
             cur.execute(delete, binds)
         conn.commit()
         return found
+
+    def release_batch(
+        self, cur: Any, conn: Any, items: list[tuple[int, str | None, bool]], max_attempts: int
+    ) -> list[ReleaseResult]:
+        """End the failed deliveries ``items`` (mid, token or None, to_offline; distinct ids)
+        as :meth:`release` ends each: without ``max_attempts`` and with ``UPDATE … RETURNING``,
+        one statement whose WHERE holds each row's own token; else one transaction that locks
+        the rows, decides each from its lease and attempts, then deletes the dropped rows and
+        updates the released ones with one statement each."""
+        if max_attempts <= 0 and self.returning:
+            cur.execute(self._release_update(len(items)), _release_binds(items))
+            done = {int(r[0]) for r in cur.fetchall()}
+            released, missing = ReleaseResult.RELEASED, ReleaseResult.NOT_FOUND
+            return [released if mid in done else missing for mid, _, _ in items]
+        ids = sorted(mid for mid, _, _ in items)
+        cur.execute(self._begin)
+        cur.execute(self._in_list(self._state_template, self._state_sql, len(ids)), _ids(ids))
+        state = {int(r[0]): (r[1], r[2]) for r in cur.fetchall()}
+        results: list[ReleaseResult] = []
+        drop: list[int] = []
+        keep: list[tuple[int, str | None, bool]] = []
+        for mid, token, offline in items:
+            held, attempts = state.get(mid, (None, 0))
+            if held is None or (token is not None and held != token):
+                results.append(ReleaseResult.NOT_FOUND)
+            elif 0 < max_attempts <= attempts + 1:
+                drop.append(mid)
+                results.append(ReleaseResult.DROPPED)
+            else:  # the row is locked and leased: the UPDATE needs no token
+                keep.append((mid, None, offline))
+                results.append(ReleaseResult.RELEASED)
+        if drop:
+            cur.execute(self._in_list(self._drop_template, self._drop_sql, len(drop)), _ids(drop))
+        if keep:
+            cur.execute(self._release_update(len(keep)), _release_binds(keep))
+            if self.returning:
+                cur.fetchall()
+        conn.commit()
+        return results
+
+    def _release_update(self, count: int) -> str:
+        """``UPDATE … WHERE id IN (m0, …)`` clearing the leases of ``count`` rows, each only
+        when held by its token ``t<i>`` (any lease when NULL), counting the attempt and setting
+        ``snd_time`` to ``s<i>`` when not NULL (a reminder turned offline); ``RETURNING id``
+        where the database has it."""
+        text = self._release_sql.get(count)
+        if text is None:
+            c = self.table.c
+            mids = [bp(f"m{i}", type_=c.mid.type) for i in range(count)]
+
+            def each(name: str, column: sa.Column[Any]) -> sa.Case[Any]:
+                return sa.case(
+                    *[
+                        (
+                            c.mid == mid,
+                            sa.func.coalesce(bp(f"{name}{i}", type_=column.type), column),
+                        )
+                        for i, mid in enumerate(mids)
+                    ]
+                )
+
+            stmt = (
+                sa.update(self.table)
+                .where(c.mid.in_(mids), c.lease_token == each("t", c.lease_token))
+                .values(
+                    lease_token=sa.null(),
+                    lease_until=sa.null(),
+                    attempts=c.attempts + sa.literal_column("1"),  # no bind of its own
+                    snd_time=each("s", c.snd_time),
+                )
+            )
+            if self.returning:
+                stmt = stmt.returning(c.mid)
+            text = stmt.compile(dialect=self.dialect).string
+            if len(self._release_sql) < _LEASE_SQL_CACHE_MAX:
+                self._release_sql[count] = text
+        return text
 
     def _inserted(self, cur: Any) -> int | None:
         if self.kind == "postgresql":

@@ -654,6 +654,156 @@ class DriverConformance:
         row = driver.get(mids[0])
         assert row is not None and row.lease_token is None and row.attempts == 1
 
+    @pytest.mark.parametrize("max_attempts", [0, 2])
+    def test_release_many_answers_as_single_releases(
+        self, driver: Driver, max_attempts: int
+    ) -> None:
+        """A batch answers each item as the single step would (run one by one, in order) and
+        leaves every row as those would: held, foreign, late and missing leases, repeated ids,
+        reminders turned offline, rows dropped at ``max_attempts``, bad values."""
+        one = _ReleaseCases(driver, "one", NOW)
+        singles = batch.release_each(driver, one.items, max_attempts)
+        many = _ReleaseCases(driver, "all", NOW + 10_000)
+        batched = batch.release_many(driver, many.items, max_attempts)
+        assert _answers(batched) == _answers(singles) == _answers(one.expected(max_attempts))
+        assert many.rows() == one.rows()
+
+    def test_release_many_releases_each_lease_once_under_threads(self, driver: Driver) -> None:
+        """Batches racing over the same leases: each lease is released once, by its token
+        only, and its attempt counted once; a stale token releases nothing."""
+        mids = [_insert(driver, make_message(body=b"%d" % i)) for i in range(12)]
+        tok = _token()
+        assert len(driver.claim("alice", "example.com", NOW, NOW + 60, tok)) == 12
+        got: list[ReleaseResult | MsiloError] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            for start in (0, 4, 8):
+                items: list[batch.Release] = [(m, tok, False) for m in mids[start:] + mids[:start]]
+                items += [(m, "stale", False) for m in mids[:3]]
+                answers = batch.release_many(driver, items)
+                with lock:
+                    got.extend(answers)
+
+        _run_threads(work, 4)
+        assert got.count(ReleaseResult.RELEASED) == len(mids)
+        assert set(got) == {ReleaseResult.RELEASED, ReleaseResult.NOT_FOUND}
+        for mid in mids:
+            row = driver.get(mid)
+            assert row is not None and row.lease_token is None and row.attempts == 1
+
+    def test_release_many_drops_give_their_quota_back(self, driver: Driver) -> None:
+        mids = [_insert(driver, make_message(body=b"%d" % i), 3) for i in range(3)]
+        assert driver.insert(make_message(), 3) is None
+        tok = _token()
+        driver.claim("alice", "example.com", NOW, NOW + 60, tok)
+        got = batch.release_many(driver, [(m, tok, False) for m in mids], max_attempts=1)
+        assert got == [ReleaseResult.DROPPED] * 3
+        assert all(driver.get(m) is None for m in mids)
+        stored = batch.insert_many(driver, [make_message(body=b"n%d" % i) for i in range(4)], 3)
+        assert [isinstance(m, int) for m in stored] == [True, True, True, False]
+
+    def test_delete_many_keeps_the_quota_exact(self, driver: Driver) -> None:
+        """Rows deleted in a batch (claimed by this driver or not, counted or expired out of
+        the count) give exactly their quota slots back, also when batches race."""
+        mids = [_insert(driver, make_message(body=b"%d" % i), 6) for i in range(6)]
+        driver.claim("alice", "example.com", NOW, NOW + 60, _token(), limit=3)
+        got: list[bool | MsiloError] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            answers = batch.delete_many(driver, [*mids[::2], *mids[1::2], mids[0]])
+            with lock:
+                got.extend(answers)
+
+        _run_threads(work, 3)
+        assert got.count(True) == 6 and got.count(False) == 3 * 7 - 6
+        assert driver.count("alice", "example.com", NOW) == 0
+        stored = batch.insert_many(driver, [make_message(body=b"n%d" % i) for i in range(7)], 6)
+        assert [isinstance(m, int) for m in stored] == [True] * 6 + [False]
+
+
+class _ReleaseCases:
+    """Rows in every state a release meets, each of an owner named after ``tag``, and one
+    release item per case; two instances (other tags, times ``base`` apart) hold the same
+    cases, so a batch run on one can be compared with single steps run on the other."""
+
+    NAMES = ("held", "foreign", "anyone", "free", "free2", "gone", "dup", "dup2", "late", "tired")
+
+    def __init__(self, driver: Driver, tag: str, base: int) -> None:
+        self.driver, self.tag, self.base = driver, tag, base
+        far = base + 10**6  # leases outlive the other instance's times
+        self.mids = {name: self._row(name) for name in self.NAMES}
+        for name in ("held", "foreign", "anyone", "dup", "dup2", "tired"):
+            self._lease(name, base, far)
+        driver.release(self.mids["tired"], self._tok("tired"))  # one attempt counted
+        self._lease("tired", base, far, "tired2")
+        self._lease("late", base, base + 60)  # its lease ran out; a newer delivery has it
+        self._lease("late", base + 120, far, "late2")
+        driver.delete(self.mids["gone"])
+        self.mids["reminder"] = self._row("reminder", snd_time=base + 1)
+        driver.claim_due_reminders(base + 1, far, self._tok("reminder"))
+        m, t = self.mids, self._tok
+        self.items: list[Any] = [
+            (m["held"], t("held"), False),
+            (m["foreign"], _token(), False),
+            (m["anyone"], None, False),
+            (m["free"], None, False),
+            (m["free2"], t("free2"), False),
+            (m["gone"], t("gone"), False),
+            (m["reminder"], t("reminder"), True),
+            (m["tired"], t("tired2"), False),
+            (m["dup"], t("dup"), False),
+            (m["dup"], t("dup"), False),
+            (m["dup2"], _token(), False),
+            (m["dup2"], t("dup2"), False),
+            (m["late"], t("late"), False),
+            (-1, None, False),
+            (2**64, t("x"), False),
+            (m["free"], 5, False),
+            (m["free"], "", False),
+            ("x", None, False),
+            (True, None, False),
+        ]
+
+    def _tok(self, name: str) -> str:
+        return f"{self.tag}-{name}"
+
+    def _row(self, name: str, snd_time: int = 0) -> int:
+        user = f"{self.tag}-{name}"
+        msg = make_message(user, inc_time=self.base, exp_time=self.base + 2 * 10**6)
+        return _insert(self.driver, NewMessage(**{**_fields(msg), "snd_time": snd_time}))
+
+    def _lease(self, name: str, now: int, until: int, token: str | None = None) -> None:
+        user, tok = f"{self.tag}-{name}", self._tok(token or name)
+        assert len(self.driver.claim(user, "example.com", now, until, tok)) == 1
+
+    def expected(self, max_attempts: int) -> list[Any]:
+        """The answers of the single steps, in item order."""
+        r, n = ReleaseResult.RELEASED, ReleaseResult.NOT_FOUND
+        tired = ReleaseResult.DROPPED if max_attempts == 2 else r
+        bad = InvalidRequest("")
+        return [r, n, r, n, n, n, r, tired, r, n, n, r, n, n, n, bad, bad, bad, bad]
+
+    def rows(self) -> dict[str, tuple[Any, ...] | None]:
+        """Each case's row as it is now, its tokens and times relative to this instance."""
+        out: dict[str, tuple[Any, ...] | None] = {}
+        for name, mid in self.mids.items():
+            row = self.driver.get(mid)
+            if row is None:
+                out[name] = None
+                continue
+            token = row.lease_token.replace(self.tag, "") if row.lease_token else None
+            until = None if row.lease_until is None else row.lease_until - self.base
+            snd = row.snd_time - self.base if row.snd_time else 0
+            out[name] = (token, until, row.attempts, snd)
+        return out
+
+
+def _answers(results: list[Any]) -> list[Any]:
+    """Results with each error as its type (errors compare by identity)."""
+    return [type(r) if isinstance(r, BaseException) else r for r in results]
+
 
 def _fields(msg: NewMessage) -> dict[str, Any]:
     return {f.name: getattr(msg, f.name) for f in fields(NewMessage)}
