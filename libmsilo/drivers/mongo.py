@@ -627,6 +627,7 @@ class MongoDriver(RecordedVersion):
         return batch.delete_checked(self, mids, lambda ids: self._step(lambda: self._deleted(ids)))
 
     def _deleted(self, ids: list[int]) -> set[int]:
+        """Delete the rows of ``ids`` (checked, distinct); those this batch deleted."""
         lay = self._layout
         known = {mid: self._forget(mid) for mid in ids}
         projection = {lay.username: True, lay.domain: True, _UNCOUNTED: True}
@@ -762,6 +763,7 @@ class MongoDriver(RecordedVersion):
     def _released(
         self, items: list[batch.Release], max_attempts: int
     ) -> list[ReleaseResult | MsiloError]:
+        """Release ``items`` (checked, distinct ids); one answer each."""
         lay = self._layout
         ids = [mid for mid, _, _ in items]
         for mid in ids:
@@ -991,6 +993,8 @@ class _Sortless:
 
 
 class _SortlessBuilder:
+    """A mongomock bulk builder whose methods take (and refuse a real) ``sort``."""
+
     def __init__(self, bulk: Any) -> None:
         self._bulk = bulk
 

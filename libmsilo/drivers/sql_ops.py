@@ -11,6 +11,11 @@ Each step is one statement when the database makes that atomic, else one short t
   inserts, so the count always sees the rows other writers committed (PostgreSQL
   ``pg_advisory_xact_lock``, MySQL ``GET_LOCK``; SQLite needs none, having one writer).
   Without the lock two writers could both count ``max - 1`` and both insert.
+- batch acks and releases: ``DELETE … WHERE id IN (…)`` (``RETURNING id``; MySQL/MariaDB
+  lock and read the rows first); releases without a ``max_attempts`` as one ``UPDATE … WHERE
+  id IN (…) AND lease_token = CASE WHEN id = … THEN … END RETURNING id`` (each row's own
+  token), else (and on MySQL/MariaDB) one transaction that locks the rows and decides each as
+  ``release`` does.
 - large bodies on MySQL/MariaDB: PyMySQL sends bytes as a hex literal (it has no binary
   protocol and no raw ``_binary'…'`` escaping), so one statement carries a body of at most
   about half of ``max_allowed_packet``; that limit is a server global (read-only per session
