@@ -64,6 +64,8 @@ Build = Callable[[StoredMessage], OutgoingMessage]
 T = TypeVar("T")
 R = TypeVar("R")
 
+_AT_QUOTA = StoreResult(StoreStatus.QUOTA_EXCEEDED)  # frozen: one for every such store
+
 
 @dataclass(frozen=True, slots=True)
 class Stats:
@@ -196,7 +198,7 @@ class Silo:
             except MsiloError as exc:
                 results.append(exc)
                 continue
-            results.append(StoreResult(StoreStatus.QUOTA_EXCEEDED))  # replaced below
+            results.append(_AT_QUOTA)  # replaced below
             rows.append((i, row, quota))
         mids = self._flush_inserts([(row, quota) for _, row, quota in rows])
         for (i, row, _), mid in zip(rows, mids, strict=True):
@@ -245,7 +247,7 @@ class Silo:
         """The result of storing ``request`` as ``row`` with id ``mid`` (None: quota)."""
         if mid is None:
             log.info("quota reached for %s@%s; not stored", row.username, row.domain)
-            return StoreResult(StoreStatus.QUOTA_EXCEEDED)
+            return _AT_QUOTA
         self._count("stored_messages")
         if not notify:
             return StoreResult(StoreStatus.STORED, mid)
