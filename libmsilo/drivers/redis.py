@@ -54,7 +54,7 @@ from ..errors import MsiloError, SettingsError, StorageUnavailable
 from ..masking import mask_url
 from . import DriverOptions, batch
 from .base import NewMessage, ReleaseResult, StoredMessage, StoreLayout, StoreTotals
-from .plumbing import ErrorTable, check_mid, check_release, storage_step
+from .plumbing import ErrorTable, check_release, storage_step
 from .redis_durability import WaitPolicy, prepare
 from .redis_scripts import RECORD_FIELDS, SCRIPT_NAMES, build_scripts
 from .schema_version import SCHEMA_VERSION, RecordedVersion
@@ -504,20 +504,13 @@ class RedisDriver(RecordedVersion):
 
     def delete_many(self, mids: Sequence[int]) -> list[bool | MsiloError]:
         """Delete messages with one delete script per slot (standalone Redis: one for the
-        batch), then their bucket entries."""
-        results: list[bool | MsiloError] = [False] * len(mids)
-        todo: list[int] = []
-        for i, mid in enumerate(mids):
-            try:
-                if check_mid(mid):
-                    todo.append(i)
-            except MsiloError as exc:
-                results[i] = exc
-        if todo:
-            checked = [mids[i] for i in todo]
-            for i, ok in zip(todo, self._step(lambda: self._delete_batch(checked)), strict=True):
-                results[i] = ok
-        return results
+        batch), then their bucket entries (see :func:`.batch.delete_checked`)."""
+
+        def store(ids: list[int]) -> set[int]:
+            done = self._step(lambda: self._delete_batch(ids))
+            return {mid for mid, ok in zip(ids, done, strict=True) if ok}
+
+        return batch.delete_checked(self, mids, store)
 
     def _delete_batch(self, mids: Sequence[int]) -> list[bool]:
         """Delete checked ids (in order: a repeated id is found once); whether each was."""
@@ -610,7 +603,8 @@ class RedisDriver(RecordedVersion):
         self, releases: Sequence[batch.Release], max_attempts: int = 0
     ) -> list[ReleaseResult | MsiloError]:
         """End failed deliveries with one pipeline of release scripts, then (on a cluster)
-        their bucket entries; a bad item gets its own error."""
+        their bucket entries; a bad item gets its own error. Scripts of one pipeline run in
+        order, so a repeated id needs no step of its own (unlike :func:`.batch.release_checked`)."""
         results: list[ReleaseResult | MsiloError] = [ReleaseResult.NOT_FOUND] * len(releases)
         todo: list[int] = []
         for i, (mid, token, to_offline) in enumerate(releases):
