@@ -1,12 +1,18 @@
 """The asyncio drivers: the conformance suite on the native PostgreSQL (psycopg
-``AsyncConnection``) and Redis (``redis.asyncio``) drivers and on the thread adapter, and
-``AsyncSilo`` on the native drivers without one blocking call on the event loop (the loop's
-slow-callback detection in debug mode, and no worker thread used)."""
+``AsyncConnection``), Redis (``redis.asyncio``) and MongoDB (``AsyncMongoClient``) drivers and
+on the thread adapter, and ``AsyncSilo`` on the native drivers without one blocking call on the
+event loop (the loop's slow-callback detection in debug mode, and no worker thread used).
+
+The native MongoDB driver runs against a real server only when ``MSILO_TEST_MONGO_URL`` is set;
+otherwise it runs on :mod:`tests.mongo_async_fake` (mongomock behind an asyncio face), which
+checks the bridge's coverage of the driver's calls, not pymongo's asyncio client."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -20,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from libmsilo import AsyncSilo, ReplyOutcome
-from libmsilo.drivers import Driver, DriverOptions, StoreLayout
+from libmsilo.drivers import Driver, DriverOptions, StoreLayout, mongo
 from libmsilo.drivers.aio import (
     AsyncDriver,
     BridgedDriver,
@@ -32,6 +38,7 @@ from libmsilo.errors import SettingsError, StorageUnavailable
 from libmsilo.testing import DriverConformance, make_message, unique_table
 from tests.backends import backend_url
 from tests.helpers import T0, Clock, message, register, settings
+from tests.mongo_async_fake import open_fake_mongo_async
 
 T = TypeVar("T")
 
@@ -79,10 +86,14 @@ class BlockingFace:
         return call
 
 
-def _conformant(url: str, native: bool) -> Iterator[Driver]:
+def _conformant(
+    url: str, native: bool, options: DriverOptions | None = None, fake: bool = False
+) -> Iterator[Driver]:
     loop = LoopThread()
     layout = StoreLayout(table=unique_table("silo_"))
-    driver = loop.call(open_async_driver(url, layout, DriverOptions(timeout=10), native=native))
+    options = options or DriverOptions(timeout=10)
+    opening = open_fake_mongo_async if fake else functools.partial(open_async_driver, native=native)
+    driver = loop.call(opening(url, layout, options))
     assert isinstance(driver, BridgedDriver if native else ThreadedDriver)
     face = BlockingFace(driver, loop)
     face.create_schema()
@@ -104,6 +115,26 @@ class TestNativeRedis(DriverConformance):
     @pytest.fixture
     def driver(self) -> Iterator[Driver]:
         yield from _conformant(backend_url("redis"), native=True)
+
+
+#: The suite's clock is in 2023: no TTL index (its rows would look long expired to a server's).
+_NO_TTL = DriverOptions(timeout=10, ttl_delay=None)
+
+
+class TestNativeMongo(DriverConformance):
+    """On a real server: only when ``MSILO_TEST_MONGO_URL`` is set."""
+
+    @pytest.fixture
+    def driver(self) -> Iterator[Driver]:
+        yield from _conformant(backend_url("mongo"), native=True, options=_NO_TTL)
+
+
+class TestNativeMongoFake(DriverConformance):
+    """The native MongoDB driver's steps through the bridge, on the fake asyncio client."""
+
+    @pytest.fixture
+    def driver(self) -> Iterator[Driver]:
+        yield from _conformant("mongodb://fake", native=True, options=_NO_TTL, fake=True)
 
 
 class TestThreadedSqlite(DriverConformance):
@@ -152,9 +183,21 @@ async def _delivery_round(silo: AsyncSilo, clock: Clock) -> None:
     assert await silo.purge_expired() == 0
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "redis"])
-def test_async_silo_never_blocks_the_loop(kind: str, caplog: pytest.LogCaptureFixture) -> None:
-    url = backend_url(kind)
+@pytest.mark.parametrize("kind", ["postgresql", "redis", "mongo", "mongo-fake"])
+def test_async_silo_never_blocks_the_loop(
+    kind: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mongo`` needs ``MSILO_TEST_MONGO_URL``; ``mongo-fake`` runs the native MongoDB driver
+    on the fake asyncio client (opened for a ``mongodb://`` URL as the real one would be). The
+    Mongo drivers get no TTL index: the test's clock is in 2023."""
+    fake = kind == "mongo-fake"
+    url = "mongodb://fake.invalid/msilo" if fake else backend_url(kind)
+    opener = open_fake_mongo_async if fake else mongo.open_mongo_async
+
+    def without_ttl(url: str, layout: StoreLayout, options: DriverOptions) -> Any:
+        return opener(url, layout, dataclasses.replace(options, ttl_delay=None))
+
+    monkeypatch.setattr(mongo, "open_mongo_async", without_ttl)
     clock = Clock(T0)
     executor = CountingExecutor(max_workers=2)
     warmed: list[int] = []
@@ -206,6 +249,8 @@ def test_the_slow_callback_check_sees_a_blocking_call(caplog: pytest.LogCaptureF
 def test_native_is_chosen_by_url_and_can_be_declined(tmp_path: Path) -> None:
     pg = backend_url("postgresql")
     assert has_native_driver(pg) and has_native_driver("redis://127.0.0.1:6379/0")
+    assert has_native_driver("mongodb://127.0.0.1/x") and has_native_driver("mongodb+srv://h/x")
+    assert not has_native_driver("mongomock://x")
     assert not has_native_driver(f"sqlite:///{tmp_path / 'a.db'}")
     assert not has_native_driver("redis+cluster://127.0.0.1:7000")
     assert not has_native_driver("postgresql+psycopg2://127.0.0.1/x")
@@ -265,7 +310,12 @@ def test_a_cancelled_call_gives_its_connection_back(kind: str, group: bool) -> N
 
 
 @pytest.mark.parametrize(
-    "url", ["postgresql+psycopg://root@127.0.0.1:1/none", "redis://127.0.0.1:1/0"]
+    "url",
+    [
+        "postgresql+psycopg://root@127.0.0.1:1/none",
+        "redis://127.0.0.1:1/0",
+        "mongodb://127.0.0.1:1/none",  # pymongo's AsyncMongoClient, no server needed
+    ],
 )
 def test_an_unreachable_server_is_storage_unavailable(url: str) -> None:
     async def scenario() -> None:
@@ -370,5 +420,31 @@ def test_a_connection_idle_for_long_is_pinged_first(monkeypatch: pytest.MonkeyPa
             monkeypatch.undo()
             await driver.drop_schema()
             await driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_native_mongo_client_gets_the_pool_bound_and_timeouts() -> None:
+    """``AsyncMongoClient`` gets the synchronous driver's settings: at most ``pool_size``
+    connections, ``timeout`` for server selection, connect, socket and pool waits; the URL's
+    own values win."""
+
+    async def scenario() -> None:
+        options = DriverOptions(timeout=2, pool_size=3)
+        url = "mongodb://127.0.0.1:1/box?connectTimeoutMS=700"
+        driver = await open_async_driver(url, StoreLayout(), options)
+        assert isinstance(driver, BridgedDriver)
+        sync: Any = driver.sync
+        client = sync._client.target
+        try:
+            assert sync.database.target.name == "box"
+            pool = client.options.pool_options
+            assert (pool.max_pool_size, pool.wait_queue_timeout) == (3, 2)
+            assert (pool.connect_timeout, pool.socket_timeout) == (0.7, 2)
+            assert client.options.server_selection_timeout == 2
+        finally:
+            await driver.close()
+        with pytest.raises(SettingsError):
+            await open_async_driver("mongodb://127.0.0.1:1/a%20b", native=True)
 
     asyncio.run(scenario())

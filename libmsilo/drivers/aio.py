@@ -4,11 +4,12 @@
 steps of :mod:`.batch`) as coroutines, with the same values, answers and errors.
 
 - :class:`BridgedDriver`: a driver whose step code runs on a native asyncio client
-  (psycopg's ``AsyncConnection``, ``redis.asyncio``) on the event loop's own thread, through
-  :mod:`.aio_bridge`; nothing blocks the loop. :func:`open_async_driver` opens one for
-  ``postgresql`` and ``redis``/``rediss`` URLs.
+  (psycopg's ``AsyncConnection``, ``redis.asyncio``, pymongo's ``AsyncMongoClient``) on the
+  event loop's own thread, through :mod:`.aio_bridge`; nothing blocks the loop.
+  :func:`open_async_driver` opens one for ``postgresql``, ``redis``/``rediss`` and
+  ``mongodb``/``mongodb+srv`` URLs.
 - :class:`ThreadedDriver`: any synchronous driver, each call in a worker thread
-  (``asyncio.to_thread``): SQLite, MariaDB, Mongo, Redis Cluster and third-party drivers.
+  (``asyncio.to_thread``): SQLite, MariaDB, mongomock, Redis Cluster and third-party drivers.
 """
 
 from __future__ import annotations
@@ -40,8 +41,20 @@ __all__ = [
 
 T = TypeVar("T")
 
+_POSTGRES = ("psycopg", ".sql_aio", "open_postgres_async")
+_REDIS = ("redis.asyncio", ".redis", "open_redis_async")
+_MONGO = ("pymongo", ".mongo", "open_mongo_async")
+#: URL scheme -> (its asyncio client's module, the native driver's module, its opener).
+_NATIVE_OPENERS = {
+    "postgresql": _POSTGRES,
+    "postgres": _POSTGRES,
+    "redis": _REDIS,
+    "rediss": _REDIS,
+    "mongodb": _MONGO,
+    "mongodb+srv": _MONGO,
+}
 #: URL schemes with a native asyncio driver.
-NATIVE_SCHEMES = frozenset({"postgresql", "postgres", "redis", "rediss"})
+NATIVE_SCHEMES = frozenset(_NATIVE_OPENERS)
 
 
 @runtime_checkable
@@ -254,9 +267,11 @@ class BridgedDriver(_Adapter):
 def has_native_driver(url: str) -> bool:
     """Whether ``url`` names a backend with a native asyncio driver (and its client is
     installed)."""
-    if url_scheme(url) not in NATIVE_SCHEMES:
+    scheme = url_scheme(url)
+    if scheme not in NATIVE_SCHEMES:
         return False
-    if url.partition("://")[0].lower().partition("+")[2] not in ("", "psycopg"):
+    dbapi = url.partition("://")[0].lower().partition("+")[2]
+    if scheme.startswith("postgres") and dbapi not in ("", "psycopg"):
         return False  # e.g. postgresql+psycopg2: that client has no asyncio connection
     return importlib.util.find_spec("greenlet") is not None
 
@@ -279,11 +294,10 @@ async def open_async_driver(
     if not native:
         return ThreadedDriver(await asyncio.to_thread(open_driver, url, layout, options))
     # Importing a client library takes a while: in a worker thread, not on the loop.
-    redis = url_scheme(url).startswith("redis")
-    names = ["redis.asyncio", ".redis"] if redis else ["psycopg", ".sql_aio"]
+    client, module, name = _NATIVE_OPENERS[url_scheme(url)]
     modules = await asyncio.to_thread(
-        lambda: [importlib.import_module(n, __package__) for n in names]
+        lambda: [importlib.import_module(n, __package__) for n in (client, module)]
     )
     opener: Callable[[str, StoreLayout, DriverOptions], Awaitable[BridgedDriver]]
-    opener = modules[1].open_redis_async if redis else modules[1].open_postgres_async
+    opener = getattr(modules[1], name)
     return await opener(url, layout, options)

@@ -98,7 +98,8 @@ class AsyncFace:
     """The blocking face of an asyncio object: a method whose result is awaitable is awaited
     through ``wait`` (:func:`await_` by default, e.g. bounded in time); results that are asyncio
     objects themselves (context managers, async iterators: a cursor, a pipeline) get a face of
-    their own. ``close`` calls ``aclose`` where the object has it."""
+    their own, and so do its items (a database's collections). ``close`` calls ``aclose``
+    where the object has it."""
 
     __slots__ = ("_target", "_wait")
 
@@ -133,6 +134,9 @@ class AsyncFace:
         if hasattr(result, "__aenter__") or hasattr(result, "__anext__"):
             return AsyncFace(result, self._wait)
         return result
+
+    def __getitem__(self, key: Any) -> AsyncFace:
+        return AsyncFace(self._target[key], self._wait)
 
     def __enter__(self) -> Any:
         return self._face(self._target.__aenter__())

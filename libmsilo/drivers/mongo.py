@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from bson.binary import Binary
@@ -45,7 +45,17 @@ from .plumbing import ErrorTable, storage_step
 from .schema_version import SCHEMA_VERSION, RecordedVersion
 from .schemes import scheme_of
 
-__all__ = ["DEFAULT_TTL_DELAY", "MongoDriver", "open_mongo", "open_mongomock"]
+if TYPE_CHECKING:
+    from .aio import BridgedDriver
+
+__all__ = [
+    "DEFAULT_TTL_DELAY",
+    "MongoDriver",
+    "mongo_on_asyncio",
+    "open_mongo",
+    "open_mongo_async",
+    "open_mongomock",
+]
 
 log = logging.getLogger("libmsilo")
 
@@ -886,36 +896,90 @@ def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def _client_options(url: str, options: DriverOptions) -> dict[str, Any]:
+    """The client's keyword arguments: ``options.timeout`` as the server selection, connect and
+    socket timeouts and the pool's wait, ``options.pool_size`` as ``maxPoolSize`` (at most that
+    many connections per server), unless the URL sets them itself."""
+    given = {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
+    wanted: dict[str, Any] = {
+        key: _milliseconds(options.timeout)
+        for key in (
+            "serverSelectionTimeoutMS",
+            "connectTimeoutMS",
+            "socketTimeoutMS",
+            "waitQueueTimeoutMS",
+        )
+    }
+    wanted["maxPoolSize"] = options.pool_size
+    chosen = {key: value for key, value in wanted.items() if key.lower() not in given}
+    return {"appname": "libmsilo", **chosen}
+
+
+def _client(factory: Callable[..., Any], url: str, options: DriverOptions) -> Any:
+    """A client of ``factory`` (``MongoClient`` or ``AsyncMongoClient``) for ``url``."""
+    try:
+        return factory(url, **_client_options(url, options))
+    except (ConfigurationError, ValueError) as exc:  # InvalidURI, bad ports, failed SRV lookups
+        raise SettingsError(f"db_url: {exc}") from exc
+
+
+def _default_database(client: Any) -> Any:
+    """The database the URL's path names (default ``msilo``)."""
+    try:
+        return client.get_default_database(DEFAULT_DATABASE)
+    except (ConfigurationError, InvalidName) as exc:
+        raise SettingsError(f"db_url: {exc}") from exc
+
+
 def open_mongo(url: str, layout: StoreLayout, options: DriverOptions) -> MongoDriver:
     """Factory for ``mongodb://``, ``mongodb+srv://`` and (tests only) ``mongomock://`` URLs.
 
-    The database is the URL's path (default ``msilo``). ``options.timeout`` becomes the server
-    selection, connect and socket timeouts and the pool's wait, ``options.pool_size`` its
-    ``maxPoolSize``, unless the URL sets them itself; ``options.ttl_delay`` is the TTL index's.
+    The database is the URL's path (default ``msilo``); the client's timeouts and pool are
+    those of :func:`_client_options`; ``options.ttl_delay`` is the TTL index's.
     """
     timeout, ttl_delay = options.timeout, options.ttl_delay  # what the driver itself takes
     if scheme_of(url, "mongo").backend == "mongomock":
         name = urlsplit(url).path.lstrip("/") or DEFAULT_DATABASE
         return open_mongomock(name, layout, timeout=timeout, ttl_delay=ttl_delay)
-    given = {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
-    timeouts: dict[str, Any] = {
-        key: _milliseconds(options.timeout)
-        for key in ("serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS")
-        if key.lower() not in given
-    }
-    # At most pool_size connections per server; a caller waits for one at most the timeout.
-    pool = {"maxPoolSize": options.pool_size, "waitQueueTimeoutMS": _milliseconds(options.timeout)}
-    timeouts.update({key: value for key, value in pool.items() if key.lower() not in given})
+    client: MongoClient[Doc] = _client(MongoClient, url, options)
     try:
-        client: MongoClient[Doc] = MongoClient(url, appname="libmsilo", **timeouts)
-    except (ConfigurationError, ValueError) as exc:  # InvalidURI, bad ports, failed SRV lookups
-        raise SettingsError(f"db_url: {exc}") from exc
-    try:
-        database = client.get_default_database(DEFAULT_DATABASE)
-    except (ConfigurationError, InvalidName) as exc:
+        database = _default_database(client)
+    except SettingsError:
         client.close()
-        raise SettingsError(f"db_url: {exc}") from exc
+        raise
     return MongoDriver(database, layout, client=client, timeout=timeout, ttl_delay=ttl_delay)
+
+
+def mongo_on_asyncio(
+    database: Any, layout: StoreLayout | None = None, *, client: Any, **kwargs: Any
+) -> BridgedDriver:
+    """The driver on pymongo's asyncio objects (``AsyncDatabase``, its ``AsyncMongoClient``, or
+    look-alikes): the same steps run on the event loop, each call awaited through
+    :mod:`.aio_bridge`. ``kwargs`` go to :class:`MongoDriver`."""
+    from .aio import BridgedDriver
+    from .aio_bridge import AsyncFace
+
+    face = cast("Database[Doc]", AsyncFace(database))
+    return BridgedDriver(MongoDriver(face, layout, client=AsyncFace(client), **kwargs))
+
+
+async def open_mongo_async(url: str, layout: StoreLayout, options: DriverOptions) -> BridgedDriver:
+    """The MongoDB driver on pymongo's ``AsyncMongoClient`` for ``mongodb://`` and
+    ``mongodb+srv://`` URLs: :func:`open_mongo`'s client settings, the steps of
+    :func:`mongo_on_asyncio`. The client connects on its first operation."""
+    from pymongo import AsyncMongoClient
+
+    if scheme_of(url, "mongo").backend == "mongomock":
+        raise SettingsError("db_url: mongomock:// has no native asyncio driver")
+    client: AsyncMongoClient[Doc] = _client(AsyncMongoClient, url, options)
+    try:
+        database = _default_database(client)
+    except SettingsError:
+        await client.close()
+        raise
+    return mongo_on_asyncio(
+        database, layout, client=client, timeout=options.timeout, ttl_delay=options.ttl_delay
+    )
 
 
 def open_mongomock(
