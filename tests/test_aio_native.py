@@ -246,6 +246,23 @@ def test_the_slow_callback_check_sees_a_blocking_call(caplog: pytest.LogCaptureF
     assert any(r.name == "asyncio" and " took " in r.msg for r in caplog.records)
 
 
+@pytest.mark.parametrize(
+    ("release", "native"), [("4.12.2", False), ("4.13.0", True), ("5.0", True), ("dev", False)]
+)
+def test_mongodb_is_native_only_with_a_stable_async_pymongo(
+    monkeypatch: pytest.MonkeyPatch, release: str, native: bool
+) -> None:
+    """pymongo before 4.13 (no stable AsyncMongoClient) keeps MongoDB on worker threads."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: release if name == "pymongo" else real(name)
+    )
+    assert has_native_driver("mongodb://127.0.0.1/x") is native
+    assert has_native_driver("redis://127.0.0.1:6379/0")
+
+
 def test_native_is_chosen_by_url_and_can_be_declined(tmp_path: Path) -> None:
     pg = backend_url("postgresql")
     assert has_native_driver(pg) and has_native_driver("redis://127.0.0.1:6379/0")

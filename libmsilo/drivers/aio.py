@@ -264,6 +264,18 @@ class BridgedDriver(_Adapter):
         return await run_bridged(fn, *args, **kwargs)
 
 
+def _has_async_pymongo() -> bool:
+    """Whether the installed pymongo has a stable ``AsyncMongoClient`` (read from its metadata,
+    without importing it on the caller's loop)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("pymongo").split(".")
+        return (int(release[0]), int(release[1])) >= (4, 13)
+    except (PackageNotFoundError, ValueError, IndexError):
+        return False
+
+
 def has_native_driver(url: str) -> bool:
     """Whether ``url`` names a backend with a native asyncio driver (and its client is
     installed)."""
@@ -273,6 +285,8 @@ def has_native_driver(url: str) -> bool:
     dbapi = url.partition("://")[0].lower().partition("+")[2]
     if scheme.startswith("postgres") and dbapi not in ("", "psycopg"):
         return False  # e.g. postgresql+psycopg2: that client has no asyncio connection
+    if scheme.startswith("mongodb") and not _has_async_pymongo():
+        return False  # pymongo before AsyncMongoClient (4.13): the worker-thread driver
     return importlib.util.find_spec("greenlet") is not None
 
 
