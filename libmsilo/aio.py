@@ -176,12 +176,11 @@ class AsyncSilo:
                 max_messages=max_messages,
             )
         silo = self.silo
-        start = time.perf_counter()
+        start = silo._started()
         now = silo._now()
         row, quota = silo._row(request, owner, now, send_at, expire_time, max_messages)
         mid = await self._inserts.submit((row, quota))
-        if silo.metrics is not None:
-            silo.metrics.latency("store", time.perf_counter() - start)
+        silo._observe("store", start)
         return silo._stored(request, row, mid, now, notify)
 
     async def dump(
@@ -203,10 +202,9 @@ class AsyncSilo:
         """:meth:`Silo.on_reply`."""
         if not self._group:
             return await self._run(self.silo.on_reply, mid, status_code, token=token)
-        start = time.perf_counter()
+        start = self.silo._started()
         outcome = await self._carry_out(self.silo._deliveries.reply(mid, status_code, token))
-        if self.silo.metrics is not None:
-            self.silo.metrics.latency("ack", time.perf_counter() - start)
+        self.silo._observe("ack", start)
         return outcome
 
     async def store_many(
